@@ -1,0 +1,20 @@
+"""qwen25: the system of the Qwen2.5 technical report, in PyTorch."""
+
+from qwen25.generation import SamplingParams, generate, stream
+from qwen25.model import (
+    CheckpointError,
+    ConfigError,
+    ModelConfig,
+    Qwen2ForCausalLM,
+    build_model,
+    count_parameters,
+    from_pretrained,
+    get_preset,
+    load_model,
+)
+
+__all__ = [
+    "CheckpointError", "ConfigError", "ModelConfig", "Qwen2ForCausalLM", "SamplingParams", "build_model",
+    "count_parameters", "from_pretrained", "generate", "get_preset", "load_model", "stream",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,209 @@
+"""Model configuration: one dataclass for every Qwen2.5 model, read from and written to HF `config.json`.
+
+Field names are the Hugging Face names, so a config dict maps onto the dataclass with no renaming. RoPE
+settings are normalised to `rope_theta` plus an optional `rope_scaling` dict whatever form the file used
+(transformers 4.x `rope_theta`/`rope_scaling`, or 5.x `rope_parameters`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qwen25.io import atomic_write_text
+
+SUPPORTED_ROPE_TYPES = ("default", "yarn")
+SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
+
+# Keys that every writer regenerates; everything else unknown is carried through `extra` untouched.
+_REGENERATED_KEYS = {"architectures", "model_type", "rope_parameters", "torch_dtype", "dtype", "transformers_version",
+                     "layer_types", "use_cache"}
+
+
+class ConfigError(ValueError):
+    """An impossible or unsupported configuration; the message names the field and the source."""
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads, as transformers derives it
+    max_position_embeddings: int = 32768
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    rope_scaling: dict[str, Any] | None = None  # {"rope_type": "yarn", "factor": 4.0, ...}; None = plain RoPE
+    tie_word_embeddings: bool = False
+    hidden_act: str = "silu"
+    attention_dropout: float = 0.0
+    initializer_range: float = 0.02
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+    use_sliding_window: bool = False
+    sliding_window: int | None = None
+    max_window_layers: int | None = None
+    dtype: str = "bfloat16"  # the dtype the weights are meant to be stored and run in
+    extra: dict[str, Any] = field(default_factory=dict)  # unknown config.json keys, written back on save
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def kv_head_dim(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_attention_heads
+
+    @property
+    def rope_type(self) -> str:
+        return (self.rope_scaling or {}).get("rope_type", "default")
+
+    def validate(self, source: str = "config") -> None:
+        def fail(name: str, why: str) -> None:
+            raise ConfigError(f"{source}: field '{name}' {why}")
+
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                fail(name, f"must be a positive integer, got {value!r}")
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            fail("hidden_size", f"({self.hidden_size}) is not divisible by num_attention_heads "
+                 f"({self.num_attention_heads}) and no head_dim is given")
+        if self.head_dim is not None and (not isinstance(self.head_dim, int) or self.head_dim <= 0):
+            fail("head_dim", f"must be a positive integer, got {self.head_dim!r}")
+        if self.kv_head_dim % 2:
+            fail("head_dim", f"must be even for rotary embeddings, got {self.kv_head_dim}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            fail("num_attention_heads", f"({self.num_attention_heads}) is not divisible by "
+                 f"num_key_value_heads ({self.num_key_value_heads})")
+        if not self.rms_norm_eps > 0:
+            fail("rms_norm_eps", f"must be > 0, got {self.rms_norm_eps!r}")
+        if not self.rope_theta > 1:
+            fail("rope_theta", f"must be > 1, got {self.rope_theta!r}")
+        if self.hidden_act != "silu":
+            fail("hidden_act", f"must be 'silu' (the only activation Qwen2 uses), got {self.hidden_act!r}")
+        if self.use_sliding_window:
+            fail("use_sliding_window", "is true, but no Qwen2.5 model uses sliding-window attention and "
+                 "qwen25 does not implement it")
+        if self.dtype not in SUPPORTED_DTYPES:
+            fail("dtype", f"must be one of {SUPPORTED_DTYPES}, got {self.dtype!r}")
+        if self.rope_scaling is not None:
+            rope_type = self.rope_scaling.get("rope_type")
+            if rope_type not in SUPPORTED_ROPE_TYPES:
+                fail("rope_scaling.rope_type", f"must be one of {SUPPORTED_ROPE_TYPES}, got {rope_type!r}")
+            if rope_type == "yarn":
+                factor = self.rope_scaling.get("factor")
+                if not isinstance(factor, (int, float)) or factor < 1:
+                    fail("rope_scaling.factor", f"must be a number >= 1 for yarn, got {factor!r}")
+                if "original_max_position_embeddings" not in self.rope_scaling:
+                    fail("rope_scaling.original_max_position_embeddings", "is required for yarn")
+        for name in ("bos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.vocab_size:
+                fail(name, f"({value}) is outside the vocabulary of {self.vocab_size}")
+        eos = self.eos_token_ids
+        if any(not 0 <= e < self.vocab_size for e in eos):
+            fail("eos_token_id", f"({self.eos_token_id}) is outside the vocabulary of {self.vocab_size}")
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        if self.eos_token_id is None:
+            return []
+        return list(self.eos_token_id) if isinstance(self.eos_token_id, (list, tuple)) else [self.eos_token_id]
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    # ---- Hugging Face config.json ------------------------------------------------------------------
+
+    @classmethod
+    def from_hf_dict(cls, raw: dict[str, Any], source: str = "config.json") -> ModelConfig:
+        raw = dict(raw)
+        model_type = raw.pop("model_type", None)
+        if model_type not in ("qwen2", None):
+            raise ConfigError(f"{source}: field 'model_type' is {model_type!r}; this loader reads 'qwen2'")
+        theta, scaling = _normalise_rope(raw, source)
+        dtype = raw.pop("dtype", None) or raw.pop("torch_dtype", None) or "bfloat16"
+        raw.pop("torch_dtype", None)
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra", "rope_theta", "rope_scaling", "dtype"}
+        known = {k: raw.pop(k) for k in list(raw) if k in names}
+        if known.get("num_key_value_heads") is None and "num_attention_heads" in known:
+            known["num_key_value_heads"] = known["num_attention_heads"]
+        missing = [n for n in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                               "num_attention_heads") if n not in known]
+        if missing:
+            raise ConfigError(f"{source}: required field '{missing[0]}' is missing")
+        layer_types = raw.get("layer_types") or []
+        if any(t != "full_attention" for t in layer_types):
+            raise ConfigError(f"{source}: field 'layer_types' lists {sorted(set(layer_types))}; qwen25 implements "
+                              "only 'full_attention' (no Qwen2.5 model uses sliding windows)")
+        extra = {k: v for k, v in raw.items() if k not in _REGENERATED_KEYS}
+        try:
+            cfg = cls(**known, rope_theta=theta, rope_scaling=scaling, dtype=dtype, extra=extra)
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("config:", f"{source}:", 1)) from None
+        return cfg
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The transformers/vLLM form: legacy `rope_theta` + `rope_scaling`, which every version reads."""
+        out: dict[str, Any] = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"}
+        for f in dataclasses.fields(self):
+            if f.name in ("extra", "dtype", "rope_scaling"):
+                continue
+            value = getattr(self, f.name)
+            if value is None and f.name in ("head_dim", "sliding_window", "max_window_layers"):
+                continue  # transformers' strict config rejects null here; absent means "derive" or "unused"
+            out[f.name] = value
+        out["rope_scaling"] = dict(self.rope_scaling) if self.rope_scaling else None
+        if out["rope_scaling"] is not None:
+            out["rope_scaling"]["type"] = out["rope_scaling"]["rope_type"]  # older readers look for "type"
+        out["torch_dtype"] = self.dtype
+        out["use_cache"] = True
+        for k, v in self.extra.items():
+            out.setdefault(k, v)
+        return out
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ModelConfig:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise ConfigError(f"{path}: no config.json here (is this a Hugging Face model directory?)")
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a JSON object at the top level")
+        return cls.from_hf_dict(raw, source=str(path))
+
+    def save(self, directory: str | Path) -> None:
+        atomic_write_text(Path(directory) / "config.json", json.dumps(self.to_hf_dict(), indent=2) + "\n")
+
+
+def _normalise_rope(raw: dict[str, Any], source: str) -> tuple[float, dict[str, Any] | None]:
+    """Pop every RoPE key from `raw` and return (rope_theta, rope_scaling-or-None)."""
+    params = raw.pop("rope_parameters", None)
+    legacy_scaling = raw.pop("rope_scaling", None)
+    legacy_theta = raw.pop("rope_theta", None)
+    if params is not None and not isinstance(params, dict):
+        raise ConfigError(f"{source}: field 'rope_parameters' must be an object, got {params!r}")
+    if legacy_scaling is not None and not isinstance(legacy_scaling, dict):
+        raise ConfigError(f"{source}: field 'rope_scaling' must be an object or null, got {legacy_scaling!r}")
+    merged: dict[str, Any] = {}
+    merged.update(legacy_scaling or {})
+    merged.update(params or {})
+    theta = merged.pop("rope_theta", None) or legacy_theta or 10_000.0  # transformers' default_theta
+    rope_type = merged.pop("rope_type", None) or merged.pop("type", None) or "default"
+    merged.pop("type", None)
+    if rope_type == "default":
+        return float(theta), None
+    return float(theta), {"rope_type": rope_type, **merged}

@@ -1,0 +1,84 @@
+"""Every Qwen2.5 size as data (report §2, SPEC §1), plus small shapes for CPU work.
+
+A preset name resolves to a `ModelConfig` and the `generation_config.json` the released checkpoint ships.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qwen25.model.config import ModelConfig
+
+ENDOFTEXT, IM_END = 151643, 151645
+
+# size: hidden, intermediate, layers, heads, kv heads, vocab rows, tied, base max positions, base rms eps
+_DENSE: dict[str, tuple[int, int, int, int, int, int, bool, int, float]] = {
+    "0.5b": (896, 4864, 24, 14, 2, 151936, True, 32768, 1e-6),
+    "1.5b": (1536, 8960, 28, 12, 2, 151936, True, 131072, 1e-6),
+    "3b": (2048, 11008, 36, 16, 2, 151936, True, 32768, 1e-6),
+    "7b": (3584, 18944, 28, 28, 4, 152064, False, 131072, 1e-6),
+    "14b": (5120, 13824, 48, 40, 8, 152064, False, 131072, 1e-5),
+    "32b": (5120, 27648, 64, 40, 8, 152064, False, 131072, 1e-5),
+    "72b": (8192, 29568, 80, 64, 8, 152064, False, 131072, 1e-5),
+}
+
+# Small shapes for CPU work with a project-trained tokenizer. Same architecture, fewer numbers.
+# name: vocab, hidden, intermediate, layers, heads, kv heads, max positions
+_SMALL: dict[str, tuple[int, int, int, int, int, int, int]] = {
+    "qwen25-tiny": (8192, 128, 384, 4, 4, 2, 4096),  # ~1.8M params: `make run`, CI
+    "qwen25-small": (16384, 256, 768, 8, 4, 2, 8192),  # ~11M
+    "qwen25-25m": (16384, 448, 1216, 8, 7, 1, 8192),  # ~24M, GQA 7 like the 7B
+    "qwen25-100m": (32768, 768, 2048, 12, 12, 2, 32768),  # ~98M
+}
+
+
+def _dense(size: str, instruct: bool) -> tuple[ModelConfig, dict[str, Any]]:
+    hidden, inter, layers, heads, kv, vocab, tied, base_max_pos, base_eps = _DENSE[size]
+    cfg = ModelConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv, tie_word_embeddings=tied,
+        max_position_embeddings=32768 if instruct else base_max_pos,
+        rms_norm_eps=1e-6 if instruct else base_eps,
+        rope_theta=1_000_000.0, bos_token_id=ENDOFTEXT, eos_token_id=IM_END if instruct else ENDOFTEXT,
+        dtype="bfloat16",
+    )
+    if instruct:
+        small = size in ("0.5b", "1.5b", "3b")
+        gen = {"bos_token_id": ENDOFTEXT, "pad_token_id": ENDOFTEXT, "do_sample": True,
+               "eos_token_id": [IM_END, ENDOFTEXT], "repetition_penalty": 1.1 if small else 1.05,
+               "temperature": 0.7, "top_p": 0.8, "top_k": 20}
+    else:
+        gen = {"bos_token_id": ENDOFTEXT, "do_sample": False, "eos_token_id": ENDOFTEXT, "max_new_tokens": 2048}
+    return cfg, gen
+
+
+def _small(name: str) -> tuple[ModelConfig, dict[str, Any]]:
+    vocab, hidden, inter, layers, heads, kv, max_pos = _SMALL[name]
+    # Control tokens sit right after the regular vocabulary (the tokenizer decides the exact ids), so the
+    # small presets leave bos/eos unset until a tokenizer is attached.
+    cfg = ModelConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv, tie_word_embeddings=True,
+        max_position_embeddings=max_pos, rope_theta=10_000.0, bos_token_id=None, eos_token_id=None,
+        dtype="float32",
+    )
+    return cfg, {"do_sample": False}
+
+
+PRESET_NAMES: list[str] = (
+    [f"qwen2.5-{s}{suffix}" for s in _DENSE for suffix in ("", "-instruct")] + list(_SMALL)
+)
+
+
+def get_preset(name: str) -> tuple[ModelConfig, dict[str, Any]]:
+    """Return (config, generation_config dict) for a preset name such as 'qwen2.5-7b-instruct'."""
+    key = name.lower()
+    if key in _SMALL:
+        return _small(key)
+    if key.startswith("qwen2.5-"):
+        rest = key.removeprefix("qwen2.5-")
+        instruct = rest.endswith("-instruct")
+        size = rest.removesuffix("-instruct")
+        if size in _DENSE:
+            return _dense(size, instruct)
+    raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(PRESET_NAMES)}")

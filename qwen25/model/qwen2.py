@@ -1,0 +1,333 @@
+"""The Qwen2 / Qwen2.5 dense decoder as plain nn.Modules.
+
+Module and parameter names are transformers' (`model.layers.3.self_attn.q_proj.weight`), so an HF
+checkpoint's state dict loads with no key mapping. The math matches transformers' `modeling_qwen2.py`:
+RMSNorm in fp32, half-split RoPE with fp32 angles, GQA with q/k/v bias, SwiGLU MLP. Checkpoint I/O lives in
+`checkpoint.py`; this file has no distributed or file concerns.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qwen25.model.config import ModelConfig
+from qwen25.model.kv_cache import KVCache
+from qwen25.model.rope import RotaryEmbedding, apply_rotary
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose one-row case on CPU runs as a GEMV: PyTorch's CPU `mv` streams bf16 weights at DRAM
+    speed, about 1.7x faster than the GEMM path `F.linear` takes for a single row (batch-1 decode)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == self.in_features and x.device.type == "cpu":
+            y = torch.mv(self.weight, x.reshape(-1))
+            if self.bias is not None:
+                y = y + self.bias
+            return y.view(*x.shape[:-1], self.out_features)
+        return F.linear(x, self.weight, self.bias)
+
+
+class FusedProjection:
+    """Several Linear layers that read the same input (q/k/v; gate/up), run as one matmul at inference.
+
+    The layers' weights are re-pointed (`param.data = ...`) to row blocks of one contiguous matrix, so the
+    weights exist once and the Parameters, their names and the state dict stay exactly as they were. Anything
+    that replaces a weight tensor (loading with `assign=True`, `.to(dtype)`) is seen by address on the next
+    call and the matrix is rebuilt. Training keeps the separate layers: autograd reaches the Parameters, not
+    the matrix they are views of.
+    """
+
+    def __init__(self, *linears: nn.Linear) -> None:
+        self.linears = linears
+        self.sizes = [lin.out_features for lin in linears]
+        self.weight: torch.Tensor | None = None
+        self.bias: torch.Tensor | None = None
+
+    def _is_packed(self) -> bool:
+        if self.weight is None:
+            return False
+        row = 0
+        for lin in self.linears:
+            w = lin.weight
+            if w.dtype != self.weight.dtype or w.device != self.weight.device or \
+                    w.data_ptr() != self.weight[row].data_ptr():
+                return False
+            if lin.bias is not None and lin.bias.data_ptr() != self.bias[row].data_ptr():
+                return False
+            row += lin.out_features
+        return True
+
+    @torch.no_grad()
+    def _pack(self) -> None:
+        self.weight = torch.cat([lin.weight for lin in self.linears])
+        has_bias = [lin.bias is not None for lin in self.linears]
+        self.bias = torch.cat([lin.bias for lin in self.linears]) if all(has_bias) else None
+        row = 0
+        for lin in self.linears:
+            lin.weight.data = self.weight[row:row + lin.out_features]
+            if self.bias is not None:
+                lin.bias.data = self.bias[row:row + lin.out_features]
+            row += lin.out_features
+
+    def usable(self) -> bool:
+        """True when no gradient is wanted and the weights are plain local tensors (not sharded DTensors)."""
+        w = self.linears[0].weight
+        return not (torch.is_grad_enabled() and w.requires_grad) and type(w.data) is torch.Tensor
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if not self._is_packed():
+            self._pack()
+        if x.numel() == x.shape[-1] and x.device.type == "cpu":  # one row: GEMV, see `Linear`
+            flat = x.reshape(-1)
+            y = torch.mv(self.weight, flat) if self.bias is None else torch.addmv(self.bias, self.weight, flat)
+            y = y.view(*x.shape[:-1], -1)
+        else:
+            y = F.linear(x, self.weight, self.bias)
+        return y.split(self.sizes, dim=-1)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, hidden: int, intermediate: int) -> None:
+        super().__init__()
+        self.gate_proj = Linear(hidden, intermediate, bias=False)
+        self.up_proj = Linear(hidden, intermediate, bias=False)
+        self.down_proj = Linear(intermediate, hidden, bias=False)
+
+        self._gate_up = FusedProjection(self.gate_proj, self.up_proj)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._gate_up.usable():
+            gate, up = self._gate_up(x)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class AttentionMask:
+    """What the attention layers need to know about masking, built once per forward.
+
+    `dense` is a boolean [B, 1, T, S] mask (True = attend) or None. With None, `causal` says whether the
+    queries are causal among themselves (prefill of a fresh sequence) or see every key (one-token decode).
+    """
+
+    def __init__(self, dense: torch.Tensor | None, causal: bool) -> None:
+        self.dense = dense
+        self.causal = causal
+
+    @classmethod
+    def build(cls, attention_mask: torch.Tensor | None, batch: int, q_len: int, past: int,
+              device: torch.device) -> AttentionMask:
+        """attention_mask: [B, past + q_len] with 1 for real tokens and 0 for padding, or None."""
+        if attention_mask is not None and attention_mask.shape != (batch, past + q_len):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
+                             f"{(batch, past + q_len)} (past {past} + new {q_len} tokens)")
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        if not padded and (past == 0 or q_len == 1):
+            return cls(None, causal=q_len > 1)
+        q_idx = torch.arange(past, past + q_len, device=device)
+        k_idx = torch.arange(past + q_len, device=device)
+        allowed = (k_idx[None, :] <= q_idx[:, None])[None, None]  # [1, 1, T, S]
+        if padded:
+            allowed = allowed & attention_mask[:, None, None, :].bool()
+            # A padding query would see no key at all (a NaN row); let it see itself. Its output is never used.
+            allowed = allowed | (k_idx[None, :] == q_idx[:, None])[None, None]
+        return cls(allowed.expand(batch, 1, q_len, past + q_len), causal=False)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.kv_head_dim
+        self.q_proj = Linear(cfg.hidden_size, self.num_heads * self.head_dim, bias=True)
+        self.k_proj = Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
+        self.v_proj = Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
+        self.o_proj = Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=False)
+        self._qkv = FusedProjection(self.q_proj, self.k_proj, self.v_proj)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: AttentionMask,
+                cache: KVCache | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        if self._qkv.usable():
+            q, k, v = self._qkv(x)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)
+        out = sdpa_gqa(q, k, v, mask)  # [B, heads, T, D]
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+
+
+def sdpa_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
+    """Scaled dot-product attention with grouped kv heads: q [B, H, T, D], k/v [B, KV, S, D]."""
+    B, H, T, D = q.shape
+    groups = H // k.shape[1]
+    if T == 1 and groups > 1:
+        # One query per head: fold each kv head's query group into the query axis, so attention runs on
+        # the kv heads directly with no repeated keys (the same trick transformers uses for decode).
+        qg = q.reshape(B, k.shape[1], groups, D)
+        out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask.dense, scale=D**-0.5)
+        return out.reshape(B, H, 1, D)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense, is_causal=mask.causal,
+                                          scale=D**-0.5, enable_gqa=groups > 1)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer_idx)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: AttentionMask,
+                cache: KVCache | None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Qwen2Model(nn.Module):
+    """Embeddings, decoder layers and the final norm: ids -> final hidden states."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(cfg.kv_head_dim, cfg.rope_theta, cfg.rope_scaling)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        B, T = input_ids.shape
+        past = cache.length if cache is not None else 0
+        if position_ids is None:
+            position_ids = default_position_ids(attention_mask, B, T, past, input_ids.device)
+        h = self.embed_tokens(input_ids)
+        cos, sin = self.rotary_emb(position_ids, h.dtype)
+        mask = AttentionMask.build(attention_mask, B, T, past, input_ids.device)
+        for layer in self.layers:
+            h = layer(h, cos, sin, mask, cache)
+        if cache is not None:
+            cache.advance(T)
+        return self.norm(h)
+
+
+def default_position_ids(attention_mask: torch.Tensor | None, batch: int, q_len: int, past: int,
+                         device: torch.device) -> torch.Tensor:
+    """Positions count real tokens only, so a left-padded row gets the positions it would have alone."""
+    if attention_mask is None:
+        return torch.arange(past, past + q_len, device=device).unsqueeze(0).expand(batch, q_len)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+
+
+class Qwen2ForCausalLM(nn.Module):
+    """`model(ids)` -> logits [B, T, vocab]. `model.model(ids)` -> final hidden states (for fused losses)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.generation_config: dict = {}
+        self.model = Qwen2Model(cfg)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+                logits_to_keep: int = 0) -> torch.Tensor:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+        h = self.model(input_ids, attention_mask, position_ids, cache)
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        return self.lm_head(h)
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def set_rope(self, theta: float, scaling: dict | None = None) -> None:
+        """Change the RoPE base (ABF between pretraining stages) or scaling, keeping config in step."""
+        self.config = self.config.replace(rope_theta=theta, rope_scaling=scaling)
+        self.model.rotary_emb.configure(theta, scaling)
+
+    def save_pretrained(self, directory, dtype: torch.dtype | None = None, max_shard_bytes: int = 5 * 2**30) -> None:
+        from qwen25.model.checkpoint import save_pretrained
+
+        save_pretrained(self, directory, dtype=dtype, max_shard_bytes=max_shard_bytes)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> None:
+        """transformers' init: normal(0, initializer_range) for linear and embedding weights, zero biases,
+        ones for norms."""
+        gen = torch.Generator(device="cpu")
+        if seed is not None:
+            gen.manual_seed(seed)
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                if module is self.lm_head and self.config.tie_word_embeddings:
+                    continue
+                w = torch.empty(module.weight.shape, dtype=torch.float32).normal_(0.0, std, generator=gen)
+                module.weight.copy_(w)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
+            elif isinstance(module, RMSNorm):
+                module.weight.fill_(1.0)
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {list(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
+                seed: int | None = 0) -> Qwen2ForCausalLM:
+    """Build a model. On 'meta' it takes no memory (parameter counts of 72B); elsewhere it is initialised."""
+    dtype = torch_dtype(dtype or cfg.dtype)
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(cfg)
+    if str(device) == "meta":
+        return model.to(dtype)
+    model = model.to_empty(device=device)
+    model.tie_weights()
+    model.init_weights(seed)
+    return model.to(dtype)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, non-embedding) parameters; tied embeddings count once, the LM head counts as embedding."""
+    total = sum(p.numel() for p in model.parameters())  # parameters() yields a tied tensor once
+    embedding = {id(model.model.embed_tokens.weight): model.model.embed_tokens.weight.numel(),
+                 id(model.lm_head.weight): model.lm_head.weight.numel()}
+    return total, total - sum(embedding.values())

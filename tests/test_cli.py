@@ -1,0 +1,36 @@
+"""The `qwen25` command line."""
+
+import subprocess
+import sys
+
+from qwen25.model import build_model, get_preset
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "qwen25.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_info_7b_and_05b():
+    out = run("info", "qwen2.5-7b")
+    assert out.returncode == 0, out.stderr
+    assert "7,615,616,512 (7.62B)" in out.stdout and "6,525,621,760 (6.53B)" in out.stdout
+    out = run("info", "qwen2.5-0.5b")
+    assert "494,032,768" in out.stdout
+
+
+def test_generate_from_checkpoint_directory(tmp_path):
+    cfg, _ = get_preset("qwen25-tiny")
+    build_model(cfg, seed=0).save_pretrained(tmp_path)
+    out = run("generate", "--model", str(tmp_path), "--prompt", "1 2 3", "--max-new-tokens", "6", "--greedy")
+    assert out.returncode == 0, out.stderr
+    tokens = [int(t) for t in out.stdout.split()]
+    assert len(tokens) == 6 and all(0 <= t < cfg.vocab_size for t in tokens)
+    info = run("info", str(tmp_path))
+    assert "qwen25-tiny" not in info.stdout and "total parameters" in info.stdout
+
+
+def test_bad_model_is_a_clear_error():
+    out = run("info", "qwen2.5-9b")
+    assert out.returncode == 2 and "unknown preset 'qwen2.5-9b'" in out.stderr
+    out = run("generate", "--model", "qwen25-tiny", "--prompt", "1 99999")
+    assert out.returncode != 0 and "outside the vocabulary" in out.stderr
