@@ -10,6 +10,7 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(BIN)/qwen25 data fetch
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -20,6 +21,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_inference.py
+	$(BIN)/python bench/bench_tokenizer.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

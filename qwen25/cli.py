@@ -39,13 +39,27 @@ def _parse_ids(text: str) -> list[int] | None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from qwen25.generation import SamplingParams, stream
     from qwen25.model import load_model
+    from qwen25.tokenizer import load_tokenizer
 
     model = load_model(args.model, dtype=args.dtype).eval()
-    prompt = _parse_ids(args.prompt)
+    tok = None
+    if args.tokenizer:
+        tok = load_tokenizer(args.tokenizer)
+    elif (Path(args.model) / "tokenizer.json").is_file():
+        tok = load_tokenizer(args.model)
+    prompt = _parse_ids(args.prompt) if not args.chat else None
     if prompt is None:
-        raise SystemExit("error: --prompt must be token ids (e.g. '9707 1879 11') until a tokenizer is given")
+        if tok is None:
+            raise SystemExit("error: a text prompt needs a tokenizer: the model directory has no tokenizer.json; "
+                             "pass --tokenizer DIR (or 'qwen2.5'), or give token ids")
+        if args.chat:
+            prompt, _ = tok.encode_chat([{"role": "user", "content": args.prompt}], add_generation_prompt=True)
+        else:
+            prompt = tok.encode_ordinary(args.prompt)
     if any(not 0 <= t < model.config.vocab_size for t in prompt):
         raise SystemExit(f"error: --prompt has ids outside the vocabulary of {model.config.vocab_size}")
     params = SamplingParams.from_generation_config(
@@ -54,9 +68,69 @@ def cmd_generate(args: argparse.Namespace) -> None:
         repetition_penalty=args.repetition_penalty,
         do_sample=True if args.sample else (False if args.greedy else None),
     )
+    if tok is None or args.ids:
+        for token in stream(model, prompt, params):
+            print(token, end=" ", flush=True)
+        print()
+        return
+    generated: list[int] = []
+    shown = ""
     for token in stream(model, prompt, params):
-        print(token, end=" ", flush=True)
+        generated.append(token)
+        text = tok.decode(generated)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            print(text[len(shown):], end="", flush=True)
+            shown = text
     print()
+
+
+def cmd_tokenizer_build_qwen(args: argparse.Namespace) -> None:
+    from qwen25.tokenizer.official import build_official, official_tokenizer
+
+    if args.out:
+        tok = build_official(args.tiktoken)
+        tok.save(args.out)
+    else:
+        tok = official_tokenizer(rebuild=args.rebuild)
+    print(f"{tok.path}: {tok.vocab_size} tokens ({tok.num_regular_tokens} regular + 22 control), "
+          f"'Hello world, 你好世界!' -> {tok.encode('Hello world, 你好世界!')}")
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> None:
+    from qwen25.tokenizer import load_tokenizer
+    from qwen25.tokenizer.train import bytes_per_token, iter_texts, train_bbpe
+
+    tok = train_bbpe(iter_texts(args.inputs, args.jsonl_field), args.vocab_size, args.min_frequency)
+    tok.save(args.out)
+    print(f"saved {args.out}: {tok.vocab_size} tokens ({tok.num_regular_tokens} regular + 22 control)")
+    if args.heldout:
+        heldout = list(iter_texts(args.heldout, args.jsonl_field))
+        bad = [i for i, t in enumerate(heldout) if tok.decode(tok.encode_ordinary(t)) != _nfc(t)]
+        print(f"held-out round trip: {len(heldout) - len(bad)}/{len(heldout)} documents exact")
+        print(f"bytes per token on held-out text: trained {bytes_per_token(tok, heldout):.3f}, "
+              f"official qwen2.5 {bytes_per_token(load_tokenizer('qwen2.5'), heldout):.3f}")
+
+
+def _nfc(text: str) -> str:
+    import unicodedata
+
+    return unicodedata.normalize("NFC", text)
+
+
+def cmd_tokenizer_encode(args: argparse.Namespace) -> None:
+    from qwen25.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer)
+    text = args.text if args.text is not None else open(args.file, encoding="utf-8").read()
+    ids = tok.encode_ordinary(text) if args.ordinary else tok.encode(text)
+    print(" ".join(map(str, ids)))
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> None:
+    from qwen25.data.sources import fetch_sources, sources_dir
+
+    fetch_sources(quiet=not args.verbose)
+    print(f"sources cached in {sources_dir()}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate from a preset (random weights) or a checkpoint directory")
     p.add_argument("--model", required=True, help="preset name or HF model directory")
-    p.add_argument("--prompt", required=True, help="token ids, space or comma separated")
+    p.add_argument("--prompt", required=True, help="text (needs a tokenizer) or token ids, space separated")
+    p.add_argument("--tokenizer", help="tokenizer directory or 'qwen2.5' (default: the model directory's)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn in the chat template")
+    p.add_argument("--ids", action="store_true", help="print token ids instead of text")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     mode = p.add_mutually_exclusive_group()
@@ -81,6 +158,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float)
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_generate)
+
+    tok = sub.add_parser("tokenizer", help="build, train and use tokenizers").add_subparsers(dest="action", required=True)
+    p = tok.add_parser("build-qwen", help="build the official Qwen2.5 tokenizer offline from qwen.tiktoken")
+    p.add_argument("--out", help="write here instead of the per-machine cache")
+    p.add_argument("--tiktoken", help="path to qwen.tiktoken (default: from the cached qwen-agent wheel)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the cached copy")
+    p.set_defaults(func=cmd_tokenizer_build_qwen)
+    p = tok.add_parser("train", help="train a byte-level BPE tokenizer of the Qwen2.5 design")
+    p.add_argument("inputs", nargs="+", help="text files (one document each) or .jsonl files")
+    p.add_argument("--vocab-size", type=int, required=True, help="total size, the 22 control tokens included")
+    p.add_argument("--out", required=True)
+    p.add_argument("--heldout", nargs="*", help="held-out files: report round trip and bytes per token")
+    p.add_argument("--jsonl-field", default="text")
+    p.add_argument("--min-frequency", type=int, default=2)
+    p.set_defaults(func=cmd_tokenizer_train)
+    p = tok.add_parser("encode", help="print token ids")
+    p.add_argument("--tokenizer", default="qwen2.5", help="'qwen2.5' or a tokenizer directory")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text")
+    src.add_argument("--file")
+    p.add_argument("--ordinary", action="store_true", help="never turn text into control tokens")
+    p.set_defaults(func=cmd_tokenizer_encode)
+
+    data = sub.add_parser("data", help="offline corpus").add_subparsers(dest="action", required=True)
+    p = data.add_parser("fetch", help="download the pinned source archives once (setup step)")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=cmd_data_fetch)
     return parser
 
 

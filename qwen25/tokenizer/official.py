@@ -1,0 +1,146 @@
+"""Build the official Qwen2.5 tokenizer offline from `qwen.tiktoken` (shipped in the Apache-2.0 PyPI package
+qwen-agent) and cache it once per machine.
+
+`qwen.tiktoken` holds ranks, not merges. A rank-r token's merge is found by running BPE on its own bytes
+with only lower-ranked merges until two parts remain; in rank order that reproduces all 151,387 official
+merges (the shortcut "split where the larger part rank is lowest" gets 9,122 of them wrong).
+
+The built directory is not committed to the repository: it is 11 MB of derived data, and the input is
+pinned instead (qwen-agent 0.0.34 and the sha256 of qwen.tiktoken), so every machine builds the same bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+from tokenizers import Tokenizer
+from tokenizers.models import BPE
+
+from qwen25.io import atomic_write_bytes
+from qwen25.tokenizer.core import QwenTokenizer, add_control_tokens, apply_byte_level_pipeline, tokenizer_config
+
+QWEN_AGENT_VERSION = "0.0.34"
+TIKTOKEN_MEMBER = "qwen_agent/utils/qwen.tiktoken"
+TIKTOKEN_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
+NUM_REGULAR = 151643
+
+
+def cache_dir() -> Path:
+    """Per-machine cache (QWEN25_CACHE, else ~/.cache/qwen25)."""
+    return Path(os.environ.get("QWEN25_CACHE") or Path.home() / ".cache" / "qwen25")
+
+
+def wheel_dir() -> Path:
+    return cache_dir() / "wheels"
+
+
+def official_dir() -> Path:
+    return cache_dir() / "tokenizers" / "qwen2.5"
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map used by byte-level BPE vocabularies."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    chars = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(printable, chars)}
+
+
+def find_tiktoken_file() -> Path:
+    """qwen.tiktoken from the cache, else extracted from a downloaded qwen-agent wheel."""
+    cached = cache_dir() / "qwen.tiktoken"
+    if cached.is_file():
+        return cached
+    wheels = sorted(wheel_dir().glob(f"qwen_agent-{QWEN_AGENT_VERSION}-*.whl"))
+    if not wheels:
+        raise FileNotFoundError(
+            f"qwen.tiktoken not found in {cache_dir()}. Fetch it once with\n"
+            f"  pip download --no-deps qwen-agent=={QWEN_AGENT_VERSION} -d {wheel_dir()}\n"
+            "(`make` does this during setup), or pass the file's path explicitly.")
+    with zipfile.ZipFile(wheels[0]) as zf:
+        data = zf.read(TIKTOKEN_MEMBER)
+    atomic_write_bytes(cached, data)
+    return cached
+
+
+def load_tiktoken_ranks(path: str | Path) -> dict[bytes, int]:
+    path = Path(path)
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != TIKTOKEN_SHA256:
+        raise ValueError(f"{path}: sha256 {digest} is not the pinned qwen.tiktoken ({TIKTOKEN_SHA256})")
+    ranks = {}
+    for line_no, line in enumerate(data.splitlines(), 1):
+        token, rank = line.split()
+        ranks[base64.b64decode(token)] = int(rank)
+    if sorted(ranks.values()) != list(range(NUM_REGULAR)):
+        raise ValueError(f"{path}: expected ranks 0..{NUM_REGULAR - 1}")
+    return ranks
+
+
+def derive_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """Each multi-byte token's merge, in rank order (see module docstring)."""
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        if len(token) == 1:
+            continue
+        parts = [token[i:i + 1] for i in range(len(token))]
+        while len(parts) > 2:
+            best_rank, best_i = rank, -1
+            for i in range(len(parts) - 1):
+                r = ranks.get(parts[i] + parts[i + 1])
+                if r is not None and r < best_rank:
+                    best_rank, best_i = r, i
+            if best_i < 0:
+                raise ValueError(f"token of rank {rank} cannot be built from lower-ranked merges")
+            parts[best_i:best_i + 2] = [parts[best_i] + parts[best_i + 1]]
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
+def build_official(tiktoken_path: str | Path | None = None) -> QwenTokenizer:
+    ranks = load_tiktoken_ranks(tiktoken_path or find_tiktoken_file())
+    to_str = bytes_to_unicode()
+
+    def unicode(b: bytes) -> str:
+        return "".join(to_str[x] for x in b)
+
+    vocab = {unicode(token): rank for token, rank in ranks.items()}
+    merges = [(unicode(a), unicode(b)) for a, b in derive_merges(ranks)]
+    tok = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, unk_token=None, continuing_subword_prefix="",
+                        end_of_word_suffix="", fuse_unk=False, byte_fallback=False, ignore_merges=False))
+    apply_byte_level_pipeline(tok)
+    add_control_tokens(tok)
+    return QwenTokenizer(tok, tokenizer_config(model_max_length=131072))
+
+
+def official_tokenizer(rebuild: bool = False) -> QwenTokenizer:
+    """The official tokenizer, built on first use into the per-machine cache."""
+    target = official_dir()
+    if rebuild or not (target / "tokenizer.json").is_file():
+        tok = build_official()
+        staging = Path(tempfile.mkdtemp(prefix=".qwen2.5-", dir=target.parent if target.parent.exists()
+                                        else _mkdir(target.parent)))
+        tok.save(staging)
+        staging.chmod(0o755)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)  # the whole directory appears at once
+    return QwenTokenizer.from_dir(target)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
