@@ -133,6 +133,20 @@ def cmd_data_fetch(args: argparse.Namespace) -> None:
     print(f"sources cached in {sources_dir()}")
 
 
+def cmd_pretrain_run(args: argparse.Namespace) -> None:
+    from qwen25.pretraining.pipeline import run_pipeline
+    from qwen25.pretraining.recipe import load_recipe
+
+    run_pipeline(load_recipe(args.recipe, args.set), resume=args.resume)
+
+
+def cmd_pretrain_export(args: argparse.Namespace) -> None:
+    from qwen25.pretraining.export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out, args.tokenizer)
+    print(f"wrote {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qwen25", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -180,6 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--file")
     p.add_argument("--ordinary", action="store_true", help="never turn text into control tokens")
     p.set_defaults(func=cmd_tokenizer_encode)
+
+    pre = sub.add_parser("pretrain", help="staged pretraining").add_subparsers(dest="action", required=True)
+    p = pre.add_parser("run", help="corpus -> tokenizer -> shards -> stages -> report (torchrun-aware)")
+    p.add_argument("--recipe", required=True, help="TOML recipe, e.g. recipes/tiny.toml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set train.micro_batch=8 --set stages.1.tokens=2e6")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.set_defaults(func=cmd_pretrain_run)
+    p = pre.add_parser("export", help="write an HF model directory from a training checkpoint")
+    p.add_argument("--checkpoint", required=True, help="runs/NAME/checkpoints/step-XXXXXXXX")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tokenizer", help="tokenizer to copy beside the model (default: the run's)")
+    p.set_defaults(func=cmd_pretrain_export)
 
     data = sub.add_parser("data", help="offline corpus").add_subparsers(dest="action", required=True)
     p = data.add_parser("fetch", help="download the pinned source archives once (setup step)")

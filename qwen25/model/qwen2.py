@@ -45,6 +45,7 @@ class FusedProjection:
         self.sizes = [lin.out_features for lin in linears]
         self.weight: torch.Tensor | None = None
         self.bias: torch.Tensor | None = None
+        self.enabled = True  # trainers turn this off: FSDP and torch.compile own the parameter storage
 
     def _is_packed(self) -> bool:
         if self.weight is None:
@@ -75,7 +76,7 @@ class FusedProjection:
     def usable(self) -> bool:
         """True when no gradient is wanted and the weights are plain local tensors (not sharded DTensors)."""
         w = self.linears[0].weight
-        return not (torch.is_grad_enabled() and w.requires_grad) and type(w.data) is torch.Tensor
+        return self.enabled and not (torch.is_grad_enabled() and w.requires_grad) and type(w.data) is torch.Tensor
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if not self._is_packed():
@@ -134,11 +135,20 @@ class AttentionMask:
 
     @classmethod
     def build(cls, attention_mask: torch.Tensor | None, batch: int, q_len: int, past: int,
-              device: torch.device) -> AttentionMask:
-        """attention_mask: [B, past + q_len] with 1 for real tokens and 0 for padding, or None."""
+              device: torch.device, segment_ids: torch.Tensor | None = None) -> AttentionMask:
+        """attention_mask: [B, past + q_len], 1 for real tokens and 0 for padding, or None.
+        segment_ids: [B, q_len] (no cache): tokens attend only within their own segment (packed documents)."""
         if attention_mask is not None and attention_mask.shape != (batch, past + q_len):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
                              f"{(batch, past + q_len)} (past {past} + new {q_len} tokens)")
+        if segment_ids is not None:
+            if past or segment_ids.shape != (batch, q_len):
+                raise ValueError(f"segment_ids must be [batch, seq] = {(batch, q_len)} without a cache, got "
+                                 f"{tuple(segment_ids.shape)} with {past} cached tokens")
+            idx = torch.arange(q_len, device=device)
+            causal = (idx[None, :] <= idx[:, None])[None]
+            same = segment_ids[:, :, None] == segment_ids[:, None, :]
+            return cls((causal & same).unsqueeze(1), causal=False)
         padded = attention_mask is not None and not bool(attention_mask.all())
         if not padded and (past == 0 or q_len == 1):
             return cls(None, causal=q_len > 1)
@@ -219,18 +229,23 @@ class Qwen2Model(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(cfg.kv_head_dim, cfg.rope_theta, cfg.rope_scaling)
+        self.checkpoint_layers = False  # activation checkpointing: recompute each layer in backward
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+                segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, B, T, past, input_ids.device)
         h = self.embed_tokens(input_ids)
         cos, sin = self.rotary_emb(position_ids, h.dtype)
-        mask = AttentionMask.build(attention_mask, B, T, past, input_ids.device)
+        mask = AttentionMask.build(attention_mask, B, T, past, input_ids.device, segment_ids)
         for layer in self.layers:
-            h = layer(h, cos, sin, mask, cache)
+            if self.checkpoint_layers and torch.is_grad_enabled():
+                h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, mask, cache, use_reentrant=False)
+            else:
+                h = layer(h, cos, sin, mask, cache)
         if cache is not None:
             cache.advance(T)
         return self.norm(h)
@@ -245,7 +260,9 @@ def default_position_ids(attention_mask: torch.Tensor | None, batch: int, q_len:
 
 
 class Qwen2ForCausalLM(nn.Module):
-    """`model(ids)` -> logits [B, T, vocab]. `model.model(ids)` -> final hidden states (for fused losses)."""
+    """`model(ids)` -> logits [B, T, vocab]; `model(ids, labels=targets)` -> summed cross-entropy over the
+    targets that are not -100 (the trainer divides by its global token count, which makes gradient
+    accumulation and data parallelism exact)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -258,10 +275,15 @@ class Qwen2ForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
-                logits_to_keep: int = 0) -> torch.Tensor:
+                logits_to_keep: int = 0, labels: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
-        h = self.model(input_ids, attention_mask, position_ids, cache)
+        h = self.model(input_ids, attention_mask, position_ids, cache, segment_ids)
+        if labels is not None:
+            logits = self.lm_head(h).float()
+            return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                                   reduction="sum")
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
         return self.lm_head(h)
@@ -269,6 +291,13 @@ class Qwen2ForCausalLM(nn.Module):
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    def set_fused_projections(self, enabled: bool) -> None:
+        """Turn the inference-time q/k/v and gate/up fusion on or off (see `FusedProjection`)."""
+        for module in self.modules():
+            for fused in vars(module).values():
+                if isinstance(fused, FusedProjection):
+                    fused.enabled = enabled
 
     def set_rope(self, theta: float, scaling: dict | None = None) -> None:
         """Change the RoPE base (ABF between pretraining stages) or scaling, keeping config in step."""

@@ -1,0 +1,69 @@
+"""Synthetic math documents with verifiable answers: arithmetic drills and templated word problems, in English
+and Chinese. Every problem carries its answer, computed here, so a model's completions can be checked.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    question: str
+    answer: int
+
+    def text(self, zh: bool) -> str:
+        return f"{self.question}\n{'答案' if zh else 'Answer'}: {self.answer}"
+
+
+def arithmetic(rng: random.Random) -> Problem:
+    op = rng.choice("+-*")
+    a, b = rng.randint(2, 999), rng.randint(2, 999)
+    if op == "*":
+        b = rng.randint(2, 99)
+    answer = a + b if op == "+" else a - b if op == "-" else a * b
+    return Problem(f"{a} {op} {b} =", answer)
+
+
+_NAMES = ["Alice", "Bob", "Chen", "Dana", "Emil", "Fatima", "Gao", "Hiro"]
+_ITEMS = ["apples", "books", "marbles", "coins", "pencils", "stamps"]
+_ZH_NAMES = ["小明", "小红", "张伟", "李娜", "王芳", "刘洋"]
+_ZH_ITEMS = ["苹果", "本书", "颗弹珠", "枚硬币", "支铅笔", "张邮票"]
+
+
+def word_problem(rng: random.Random, zh: bool) -> Problem:
+    kind = rng.randrange(4)
+    a, b, c = rng.randint(2, 60), rng.randint(2, 40), rng.randint(2, 9)
+    name = rng.choice(_ZH_NAMES if zh else _NAMES)
+    item = rng.choice(_ZH_ITEMS if zh else _ITEMS)
+    if kind == 0:
+        q = (f"{name}有{a}个{item}，又买了{b}个。{name}现在一共有多少个？" if zh else
+             f"{name} has {a} {item} and buys {b} more. How many {item} does {name} have now?")
+        return Problem(q, a + b)
+    if kind == 1:
+        a = a + b
+        q = (f"{name}有{a}个{item}，送给朋友{b}个。还剩多少个？" if zh else
+             f"{name} has {a} {item} and gives away {b}. How many are left?")
+        return Problem(q, a - b)
+    if kind == 2:
+        q = (f"每个盒子装{a}个{item}，{name}有{c}个盒子。一共有多少个？" if zh else
+             f"Each box holds {a} {item}. {name} has {c} boxes. How many {item} are there in total?")
+        return Problem(q, a * c)
+    total = a * c
+    q = (f"{name}把{total}个{item}平均分给{c}个人。每人得到多少个？" if zh else
+         f"{name} shares {total} {item} equally among {c} friends. How many does each friend get?")
+    return Problem(q, a)
+
+
+def math_documents(n_docs: int, seed: int, problems_per_doc: int = 12) -> Iterator[str]:
+    """Deterministic documents mixing drills and word problems; about one in three is in Chinese."""
+    rng = random.Random(seed)
+    for _ in range(n_docs):
+        zh = rng.random() < 0.35
+        lines = []
+        for _ in range(problems_per_doc):
+            problem = arithmetic(rng) if rng.random() < 0.5 else word_problem(rng, zh)
+            lines.append(problem.text(zh))
+        yield "\n\n".join(lines)

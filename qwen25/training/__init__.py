@@ -1,0 +1,1 @@
+"""Machinery every training stage shares: optimizer and schedules, distributed setup, checkpoints, metrics."""
