@@ -2,9 +2,10 @@
 shards with model.safetensors.index.json).
 
 Keys are the model's own parameter names, so there is no mapping layer, with one exception: MoE layers keep
-their routed experts stacked in memory (`mlp.experts.gate_up_proj` [E, 2I, H], `mlp.experts.down_proj`
-[E, H, I]) while HF checkpoints hold one key per expert (`mlp.experts.{e}.gate_proj.weight`, ...);
-`hf_tensor_shapes`, `to_hf_tensors` and `from_hf_tensors` convert between the two. Every problem with a
+their routed experts stacked input-major in memory (`mlp.experts.gate_up` [E, H, 2I], `mlp.experts.down`
+[E, I, H]) while HF checkpoints hold one [out, in] matrix per expert (`mlp.experts.{e}.gate_proj.weight`
+[I, H], `up_proj` [I, H], `down_proj` [H, I]); `hf_tensor_shapes`, `to_hf_tensors` and `from_hf_tensors`
+convert between the two. Every problem with a
 checkpoint is reported as a `CheckpointError` naming the file and the HF key; every file is written atomically.
 """
 
@@ -28,7 +29,7 @@ INDEX_FILE = "model.safetensors.index.json"
 # Buffers some exporters wrote into state dicts; they carry nothing we do not recompute.
 _IGNORABLE = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-_STACKED_EXPERTS = re.compile(r"^(.*\.mlp\.experts)\.(gate_up_proj|down_proj)$")
+_STACKED_EXPERTS = re.compile(r"^(.*\.mlp\.experts)\.(gate_up|down)$")
 
 
 class CheckpointError(ValueError):
@@ -69,12 +70,13 @@ def hf_tensor_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
             shapes[key] = tuple(value.shape)
             continue
         prefix, name = match.groups()
-        num_experts, rows, cols = value.shape
+        num_experts, fan_in, fan_out = value.shape
         for e in range(num_experts):
-            if name == "gate_up_proj":
-                shapes[f"{prefix}.{e}.gate_proj.weight"] = shapes[f"{prefix}.{e}.up_proj.weight"] = (rows // 2, cols)
+            if name == "gate_up":
+                shapes[f"{prefix}.{e}.gate_proj.weight"] = shapes[f"{prefix}.{e}.up_proj.weight"] = (fan_out // 2,
+                                                                                                     fan_in)
             else:
-                shapes[f"{prefix}.{e}.down_proj.weight"] = (rows, cols)
+                shapes[f"{prefix}.{e}.down_proj.weight"] = (fan_out, fan_in)
     return shapes
 
 
@@ -88,10 +90,11 @@ def to_hf_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             continue
         prefix, name = match.groups()
         for e, weight in enumerate(value):
-            if name == "gate_up_proj":
-                out[f"{prefix}.{e}.gate_proj.weight"], out[f"{prefix}.{e}.up_proj.weight"] = weight.chunk(2)
+            if name == "gate_up":
+                gate, up = weight.chunk(2, dim=1)
+                out[f"{prefix}.{e}.gate_proj.weight"], out[f"{prefix}.{e}.up_proj.weight"] = gate.T, up.T
             else:
-                out[f"{prefix}.{e}.down_proj.weight"] = weight
+                out[f"{prefix}.{e}.down_proj.weight"] = weight.T
     return out
 
 
@@ -106,12 +109,12 @@ def from_hf_tensors(tensors: dict[str, torch.Tensor], model: torch.nn.Module) ->
                 state[key] = tensors.pop(key)
             continue
         prefix, name = match.groups()
-        if name == "gate_up_proj":
-            state[key] = torch.stack([torch.cat([tensors.pop(f"{prefix}.{e}.gate_proj.weight"),
-                                                 tensors.pop(f"{prefix}.{e}.up_proj.weight")])
+        if name == "gate_up":
+            state[key] = torch.stack([torch.cat([tensors.pop(f"{prefix}.{e}.gate_proj.weight").T,
+                                                 tensors.pop(f"{prefix}.{e}.up_proj.weight").T], dim=1)
                                       for e in range(value.shape[0])])
         else:
-            state[key] = torch.stack([tensors.pop(f"{prefix}.{e}.down_proj.weight") for e in range(value.shape[0])])
+            state[key] = torch.stack([tensors.pop(f"{prefix}.{e}.down_proj.weight").T for e in range(value.shape[0])])
     return state
 
 

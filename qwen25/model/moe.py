@@ -9,9 +9,10 @@ Dispatch is dropless: the (token, slot) pairs are sorted by expert, each expert 
 group (one grouped matmul where PyTorch has a kernel for it, else a loop over experts, never over tokens),
 and the weighted outputs are added back to their tokens.
 
-In memory the experts of a layer are stacked, `experts.gate_up_proj` [E, 2I, H] and `experts.down_proj`
-[E, H, I] (transformers' own in-memory layout), so the grouped matmul reads them as they are; `checkpoint.py`
-reads and writes the per-expert HF keys (`mlp.experts.{e}.gate_proj.weight`, ...).
+In memory the experts of a layer are stacked input-major, `experts.gate_up` [E, H, 2I] and `experts.down`
+[E, I, H]: the grouped matmul reads them as they are and writes their gradients in the same layout (with
+transformers' [E, 2I, H] every step would pay for transposed copies of the gradients). `checkpoint.py`
+reads and writes the per-expert HF keys (`mlp.experts.{e}.gate_proj.weight` [I, H], ...).
 """
 
 from __future__ import annotations
@@ -41,41 +42,44 @@ def grouped_mm_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and x.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0)
 
 
-def grouped_linear(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """x [S, in] with rows grouped by expert (counts[e] rows of expert e, in expert order); weight [E, out, in].
-    Returns [S, out], each group multiplied by its own expert's weight."""
+def grouped_mm(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """x [S, in] with rows grouped by expert (counts[e] rows of expert e, in expert order); weight [E, in, out].
+    Returns [S, out]: each group times its own expert's matrix."""
     if grouped_mm_usable(x, weight):
-        return F.grouped_mm(x, weight.transpose(1, 2), offs=counts.cumsum(0, dtype=torch.int32))
-    groups = x.split(counts.tolist())
-    return torch.cat([F.linear(g, weight[e]) for e, g in enumerate(groups) if len(g)])
+        return F.grouped_mm(x, weight, offs=counts.cumsum(0, dtype=torch.int32))
+    # unbind, not weight[e]: its backward stacks the E gradients once instead of scattering each into zeros.
+    groups = zip(x.split(counts.tolist()), weight.unbind(0))
+    return torch.cat([rows @ w for rows, w in groups if len(rows)])
 
 
 class Experts(nn.Module):
-    """E SwiGLU experts, stacked: gate_up_proj [E, 2I, H] (gate rows, then up rows), down_proj [E, H, I]."""
+    """E SwiGLU experts, stacked input-major: gate_up [E, H, 2I] (gate columns, then up), down [E, I, H]."""
 
     def __init__(self, num_experts: int, hidden: int, intermediate: int) -> None:
         super().__init__()
         self.num_experts = num_experts
-        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate, hidden))
-        self.down_proj = nn.Parameter(torch.empty(num_experts, hidden, intermediate))
+        self.gate_up = nn.Parameter(torch.empty(num_experts, hidden, 2 * intermediate))
+        self.down = nn.Parameter(torch.empty(num_experts, intermediate, hidden))
 
     def forward(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x [N, H]; expert_ids and weights [N, k]. Returns sum_k weights[:, k] * expert_{ids[:, k]}(x), [N, H]."""
-        k = expert_ids.shape[1]
+        out_dtype, k = x.dtype, expert_ids.shape[1]
         flat = expert_ids.reshape(-1)
         order = flat.argsort(stable=True)  # (token, slot) pairs, grouped by expert
         counts = torch.bincount(flat, minlength=self.num_experts)
         token = order // k
-        gate_up, down = self.gate_up_proj, self.down_proj
-        rows = x[token]  # [N*k, H]
+        gate_up, down = self.gate_up, self.down
         if torch.is_autocast_enabled(x.device.type):
-            # grouped_mm is not autocast-aware: give the experts the dtype autocast gives a linear layer.
+            # grouped_mm is not autocast-aware: give the experts the dtype autocast gives a linear layer, and cast
+            # the N tokens before copying them out to N*k rows.
             dtype = torch.get_autocast_dtype(x.device.type)
-            rows, gate_up, down = rows.to(dtype), gate_up.to(dtype), down.to(dtype)
-        gate, up = grouped_linear(rows, gate_up, counts).chunk(2, dim=-1)
-        out = grouped_linear(F.silu(gate) * up, down, counts)  # [N*k, H]
-        out = out * weights.reshape(-1)[order].unsqueeze(-1).to(out.dtype)
-        return torch.zeros_like(x).index_add_(0, token, out.to(x.dtype))
+            x, gate_up, down = x.to(dtype), gate_up.to(dtype), down.to(dtype)
+        gate, up = grouped_mm(x.index_select(0, token), gate_up, counts).chunk(2, dim=-1)
+        # The routing weight scales the input of the (linear) down projection: I columns instead of H.
+        h = F.silu(gate) * up * weights.reshape(-1)[order].unsqueeze(-1).to(gate.dtype)
+        out = grouped_mm(h, down, counts)  # [N*k, H]
+        # Summed in the caller's dtype (fp32 under autocast), like transformers' fp32 accumulation.
+        return torch.zeros(x.shape, dtype=out_dtype, device=x.device).index_add_(0, token, out.to(out_dtype))
 
 
 class SparseMoeBlock(nn.Module):
@@ -140,20 +144,17 @@ def router_stats(model: nn.Module) -> RouterStats | None:
     found = [(i, layer.mlp) for i, layer in enumerate(decoder.layers) if isinstance(layer.mlp, SparseMoeBlock)]
     if not found or found[0][1].router_probs is None:
         return None
-    num_experts, k = found[0][1].router_probs.shape[1], found[0][1].top_k
+    num_tokens, num_experts = found[0][1].router_probs.shape
     mask = decoder.token_mask
+    real = None if mask is None else mask.reshape(-1).bool()
     counts, prob_sums = [], []
     for _, block in found:
         probs, selected = block.router_probs, block.selected_experts
-        if mask is None:
-            counts.append(torch.bincount(selected.reshape(-1), minlength=num_experts))
-            prob_sums.append(probs.sum(dim=0))
-        else:
-            real = mask.reshape(-1).bool()
-            counts.append(torch.bincount(selected[real].reshape(-1), minlength=num_experts))
-            prob_sums.append(probs[real].sum(dim=0))
-    tokens = found[0][1].router_probs.shape[0] if mask is None else int(mask.sum())
-    rows = tokens * len(found)
+        if real is not None:
+            probs, selected = probs[real], selected[real]
+        counts.append(torch.bincount(selected.reshape(-1), minlength=num_experts))
+        prob_sums.append(probs.sum(dim=0))
+    rows = (num_tokens if real is None else int(real.sum())) * len(found)
     share = torch.stack(counts).sum(dim=0).float() / rows  # f_e
     mean_prob = torch.stack(prob_sums).sum(dim=0) / rows  # P_e
     aux = num_experts * (share * mean_prob).sum()
@@ -168,6 +169,6 @@ def count_activated_parameters(model: nn.Module) -> int:
     for module in model.modules():
         if isinstance(module, SparseMoeBlock):
             experts = module.experts
-            per_expert = (experts.gate_up_proj.numel() + experts.down_proj.numel()) // experts.num_experts
+            per_expert = (experts.gate_up.numel() + experts.down.numel()) // experts.num_experts
             total -= (experts.num_experts - module.top_k) * per_expert
     return total

@@ -322,7 +322,7 @@ class Qwen2ForCausalLM(nn.Module):
             elif isinstance(module, RMSNorm):
                 module.weight.fill_(1.0)
             elif isinstance(module, Experts):
-                for w in (module.gate_up_proj, module.down_proj):
+                for w in (module.gate_up, module.down):
                     w.copy_(torch.empty(w.shape, dtype=torch.float32).normal_(0.0, std, generator=gen))
 
 
