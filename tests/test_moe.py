@@ -278,3 +278,23 @@ def test_published_moe_presets():
     assert get_preset("qwen2-57b-a14b")[0].max_position_embeddings == 131072
     layers = get_preset("qwen25-moe-tiny")[0].replace(num_hidden_layers=6, decoder_sparse_step=2, mlp_only_layers=[3])
     assert [layers.is_moe_layer(i) for i in range(6)] == [False, True, False, False, False, True]
+
+
+# Qwen/Qwen2-57B-A14B config.json as released (transformers 4.40 form).
+QWEN2_57B_A14B = {
+    "architectures": ["Qwen2MoeForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+    "decoder_sparse_step": 1, "eos_token_id": 151643, "hidden_act": "silu", "hidden_size": 3584,
+    "initializer_range": 0.02, "intermediate_size": 18944, "max_position_embeddings": 131072, "max_window_layers": 28,
+    "model_type": "qwen2_moe", "moe_intermediate_size": 2560, "norm_topk_prob": False, "num_attention_heads": 28,
+    "num_experts": 64, "num_experts_per_tok": 8, "num_hidden_layers": 28, "num_key_value_heads": 4,
+    "output_router_logits": False, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001,
+    "shared_expert_intermediate_size": 20480, "sliding_window": 131072, "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16", "transformers_version": "4.40.1", "use_cache": True, "use_sliding_window": False,
+    "vocab_size": 151936,
+}
+
+
+def test_released_config_reads_as_the_preset():
+    cfg = ModelConfig.from_hf_dict(QWEN2_57B_A14B)
+    assert cfg.replace(sliding_window=None, max_window_layers=None, extra={}) == get_preset("qwen2-57b-a14b")[0]
+    assert cfg.to_hf_dict()["output_router_logits"] is False  # unknown keys are kept

@@ -5,8 +5,8 @@ Keys are the model's own parameter names, so there is no mapping layer, with one
 their routed experts stacked input-major in memory (`mlp.experts.gate_up` [E, H, 2I], `mlp.experts.down`
 [E, I, H]) while HF checkpoints hold one [out, in] matrix per expert (`mlp.experts.{e}.gate_proj.weight`
 [I, H], `up_proj` [I, H], `down_proj` [H, I]); `hf_tensor_shapes`, `to_hf_tensors` and `from_hf_tensors`
-convert between the two. Every problem with a
-checkpoint is reported as a `CheckpointError` naming the file and the HF key; every file is written atomically.
+convert between the two. Every problem with a checkpoint is reported as a `CheckpointError` naming the file and
+the HF key; every file is written atomically.
 """
 
 from __future__ import annotations
