@@ -4,12 +4,15 @@
     .venv/bin/python bench/bench_moe.py --dtypes float32 --batch 2 --seq 128 --repeats 3    # a quick check
 
 Both libraries get the same config and the same weights (qwen25 saves an HF checkpoint, transformers loads it),
-and the fp32 losses are checked to agree before anything is timed. One step is what a trainer runs: `ce + router_aux_loss_coef * aux_loss` (transformers:
-`labels=` and `output_router_logits=True`), then backward. "block" times the MoE feed-forward alone (router,
-dispatch, experts, shared expert) on the same hidden states, with `sum(out * g)` as its loss. bf16 means
-`torch.autocast(bfloat16)` over fp32 weights, the usual mixed-precision training setup.
+and the fp32 losses are checked to agree before anything is timed. One step is what a trainer runs:
+`ce + router_aux_loss_coef * aux_loss` (transformers: `labels=` and `output_router_logits=True`), then backward.
+"block" times the MoE feed-forward alone (router, dispatch, experts, shared expert) on the same hidden states,
+with `sum(out * g)` as its loss. bf16 means `torch.autocast(bfloat16)` over fp32 weights, the usual
+mixed-precision training setup.
 
 Runs alternate between the two libraries (best of --repeats each), so slow phases of a shared machine hit both.
+On a machine other jobs are using, `--threads 1` avoids OpenMP oversubscription (a thread that loses its core
+stalls every parallel region, which swamps the difference being measured).
 """
 
 from __future__ import annotations

@@ -109,7 +109,8 @@ def test_checkpoint_holds_the_per_expert_hf_keys(tmp_path):
 def test_sharded_moe_round_trip(tmp_path):
     model = build_model(get_preset("qwen25-moe-tiny")[0], seed=1)
     model.save_pretrained(tmp_path, max_shard_bytes=200_000)
-    assert len(json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]) == 4 * (8 * 3 + 14) + 2
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert len(index["weight_map"]) == 4 * (8 * 3 + 14) + 2  # per layer: 8 experts x 3, 14 others; embed, norm
     loaded = qwen25.from_pretrained(tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
 
@@ -141,8 +142,8 @@ def test_extra_expert_is_named(saved_moe):
 
 def test_misshaped_expert_is_named(saved_moe):
     _rewrite(saved_moe, lambda t: t.update({"model.layers.1.mlp.experts.3.down_proj.weight": torch.zeros(128, 32)}))
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor 'model\.layers\.1\.mlp\.experts\.3\."
-                                              r"down_proj\.weight' has shape \[128, 32\], the config implies \[128, 64\]"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor 'model\.layers\.1\.mlp\.experts\.3\.down_"
+                                              r"proj\.weight' has shape \[128, 32\], the config implies \[128, 64\]"):
         qwen25.from_pretrained(saved_moe)
 
 
