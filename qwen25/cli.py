@@ -13,7 +13,7 @@ def _human(n: int) -> str:
 def cmd_info(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from qwen25.model import ModelConfig, build_model, count_parameters, get_preset
+    from qwen25.model import ModelConfig, build_model, count_activated_parameters, count_parameters, get_preset
 
     if Path(args.model).exists():
         cfg = ModelConfig.from_file(args.model)
@@ -24,11 +24,20 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(args.model)
     print(f"  total parameters:         {total:>15,} ({_human(total)})")
     print(f"  non-embedding parameters: {non_embedding:>15,} ({_human(non_embedding)})")
+    if cfg.is_moe:
+        activated = count_activated_parameters(model)
+        print(f"  activated parameters:     {activated:>15,} ({_human(activated)}) per token")
     print(f"  layers {cfg.num_hidden_layers}, hidden {cfg.hidden_size}, intermediate {cfg.intermediate_size}, "
           f"heads {cfg.num_attention_heads}/{cfg.num_key_value_heads} kv, head_dim {cfg.kv_head_dim}, "
           f"vocab {cfg.vocab_size}, tied embeddings {'yes' if cfg.tie_word_embeddings else 'no'}")
     print(f"  max positions {cfg.max_position_embeddings}, rope_theta {cfg.rope_theta:g}, "
           f"rms_norm_eps {cfg.rms_norm_eps:g}, eos {cfg.eos_token_id}, dtype {cfg.dtype}")
+    if cfg.is_moe:
+        sparse = sum(cfg.is_moe_layer(i) for i in range(cfg.num_hidden_layers))
+        print(f"  experts {cfg.num_experts}, {cfg.num_experts_per_tok} per token, moe intermediate "
+              f"{cfg.moe_intermediate_size}, shared expert intermediate {cfg.shared_expert_intermediate_size}, "
+              f"norm_topk_prob {str(cfg.norm_topk_prob).lower()}, {sparse}/{cfg.num_hidden_layers} layers sparse, "
+              f"aux loss coef {cfg.router_aux_loss_coef:g}")
 
 
 def _parse_ids(text: str) -> list[int] | None:

@@ -34,3 +34,12 @@ def test_bad_model_is_a_clear_error():
     assert out.returncode == 2 and "unknown preset 'qwen2.5-9b'" in out.stderr
     out = run("generate", "--model", "qwen25-tiny", "--prompt", "1 99999")
     assert out.returncode != 0 and "outside the vocabulary" in out.stderr
+
+
+def test_info_moe_total_and_activated():
+    out = run("info", "qwen1.5-moe-a2.7b")
+    assert out.returncode == 0, out.stderr
+    assert "total parameters:          14,315,784,192 (14.32B)" in out.stdout
+    assert "activated parameters:       2,689,173,504 (2.69B)" in out.stdout
+    out = run("info", "qwen2-57b-a14b")
+    assert "(57.41B)" in out.stdout and "activated parameters:      14,249,270,784 (14.25B)" in out.stdout

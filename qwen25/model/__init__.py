@@ -3,12 +3,14 @@
 from qwen25.model.checkpoint import CheckpointError, from_pretrained, save_pretrained
 from qwen25.model.config import ConfigError, ModelConfig
 from qwen25.model.kv_cache import KVCache
+from qwen25.model.moe import RouterStats, count_activated_parameters
 from qwen25.model.presets import PRESET_NAMES, get_preset
 from qwen25.model.qwen2 import Qwen2ForCausalLM, build_model, count_parameters
 
 __all__ = [
-    "CheckpointError", "ConfigError", "KVCache", "ModelConfig", "PRESET_NAMES", "Qwen2ForCausalLM",
-    "build_model", "count_parameters", "from_pretrained", "get_preset", "load_model", "save_pretrained",
+    "CheckpointError", "ConfigError", "KVCache", "ModelConfig", "PRESET_NAMES", "Qwen2ForCausalLM", "RouterStats",
+    "build_model", "count_activated_parameters", "count_parameters", "from_pretrained", "get_preset", "load_model",
+    "save_pretrained",
 ]
 
 

@@ -1,8 +1,12 @@
 """Hugging Face checkpoint directories: config.json, generation_config.json and safetensors (one file, or
 shards with model.safetensors.index.json).
 
-Keys are the model's own parameter names, so there is no mapping layer. Every problem with a checkpoint is
-reported as a `CheckpointError` naming the file and the key; every file is written atomically.
+Keys are the model's own parameter names, so there is no mapping layer, with one exception: MoE layers keep
+their routed experts stacked input-major in memory (`mlp.experts.gate_up` [E, H, 2I], `mlp.experts.down`
+[E, I, H]) while HF checkpoints hold one [out, in] matrix per expert (`mlp.experts.{e}.gate_proj.weight`
+[I, H], `up_proj` [I, H], `down_proj` [H, I]); `hf_tensor_shapes`, `to_hf_tensors` and `from_hf_tensors`
+convert between the two. Every problem with a checkpoint is reported as a `CheckpointError` naming the file and
+the HF key; every file is written atomically.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ INDEX_FILE = "model.safetensors.index.json"
 # Buffers some exporters wrote into state dicts; they carry nothing we do not recompute.
 _IGNORABLE = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_STACKED_EXPERTS = re.compile(r"^(.*\.mlp\.experts)\.(gate_up|down)$")
 
 
 class CheckpointError(ValueError):
@@ -56,11 +61,68 @@ def _open(path: Path):
         raise CheckpointError(f"{path}: cannot read safetensors file, it may be truncated or corrupt ({e})") from None
 
 
+def hf_tensor_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """Every tensor an HF checkpoint of `model` holds, with its shape (stacked experts as per-expert keys)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key, value in model.state_dict().items():
+        match = _STACKED_EXPERTS.match(key)
+        if match is None:
+            shapes[key] = tuple(value.shape)
+            continue
+        prefix, name = match.groups()
+        num_experts, fan_in, fan_out = value.shape
+        for e in range(num_experts):
+            if name == "gate_up":
+                shapes[f"{prefix}.{e}.gate_proj.weight"] = shapes[f"{prefix}.{e}.up_proj.weight"] = (fan_out // 2,
+                                                                                                     fan_in)
+            else:
+                shapes[f"{prefix}.{e}.down_proj.weight"] = (fan_out, fan_in)
+    return shapes
+
+
+def to_hf_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A model state dict with stacked experts split into the per-expert HF keys (views, not copies)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        match = _STACKED_EXPERTS.match(key)
+        if match is None:
+            out[key] = value
+            continue
+        prefix, name = match.groups()
+        for e, weight in enumerate(value):
+            if name == "gate_up":
+                gate, up = weight.chunk(2, dim=1)
+                out[f"{prefix}.{e}.gate_proj.weight"], out[f"{prefix}.{e}.up_proj.weight"] = gate.T, up.T
+            else:
+                out[f"{prefix}.{e}.down_proj.weight"] = weight.T
+    return out
+
+
+def from_hf_tensors(tensors: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The inverse of `to_hf_tensors` for `model`'s keys: per-expert tensors stacked (and removed from
+    `tensors` as they are used, so the weights are not held twice)."""
+    state: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        match = _STACKED_EXPERTS.match(key)
+        if match is None:
+            if key in tensors:  # a tied lm_head may be absent
+                state[key] = tensors.pop(key)
+            continue
+        prefix, name = match.groups()
+        if name == "gate_up":
+            state[key] = torch.stack([torch.cat([tensors.pop(f"{prefix}.{e}.gate_proj.weight").T,
+                                                 tensors.pop(f"{prefix}.{e}.up_proj.weight").T], dim=1)
+                                      for e in range(value.shape[0])])
+        else:
+            state[key] = torch.stack([tensors.pop(f"{prefix}.{e}.down_proj.weight").T for e in range(value.shape[0])])
+    return state
+
+
 def load_state_dict(directory: str | Path, model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Read and check every tensor `model` expects: no missing, unexpected or mis-shaped keys."""
     directory = Path(directory)
     files = weight_files(directory)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = hf_tensor_shapes(model)
     tied = getattr(model.config, "tie_word_embeddings", False)
     if tied:
         expected.pop("lm_head.weight", None)  # tied checkpoints may omit it; if present it is ignored
@@ -94,7 +156,7 @@ def load_state_dict(directory: str | Path, model: torch.nn.Module, dtype: torch.
                 state[key] = handle.get_tensor(key).to(dtype)
             except (SafetensorError, RuntimeError) as e:
                 raise CheckpointError(f"{path}: cannot read tensor '{key}', the file may be truncated ({e})") from None
-    return state
+    return from_hf_tensors(state, model)
 
 
 def from_pretrained(path: str | Path, dtype: torch.dtype | str | None = None,
@@ -141,12 +203,12 @@ def save_pretrained(model: Qwen2ForCausalLM, directory: str | Path, dtype: torch
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {}
-    for key, tensor in model.state_dict().items():
+    for key, tensor in to_hf_tensors(model.state_dict()).items():
         if key == "lm_head.weight" and model.config.tie_word_embeddings:
             continue
         tensor = tensor.detach()
         tensor = (tensor.to(dtype) if dtype is not None else tensor).contiguous().cpu()
-        if tensor.untyped_storage().nbytes() != tensor.nbytes:  # a view into a fused matrix: own copy
+        if tensor.untyped_storage().nbytes() != tensor.nbytes:  # a view into a fused or stacked matrix: own copy
             tensor = tensor.clone()
         state[key] = tensor
     saved_dtype = next(iter(state.values())).dtype

@@ -2,7 +2,8 @@
 
 Field names are the Hugging Face names, so a config dict maps onto the dataclass with no renaming. RoPE
 settings are normalised to `rope_theta` plus an optional `rope_scaling` dict whatever form the file used
-(transformers 4.x `rope_theta`/`rope_scaling`, or 5.x `rope_parameters`).
+(transformers 4.x `rope_theta`/`rope_scaling`, or 5.x `rope_parameters`). A config with `num_experts > 0` is a
+Qwen2-MoE model (`model_type: "qwen2_moe"`); the MoE fields' defaults mean "dense" (`model_type: "qwen2"`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,15 @@ class ModelConfig:
     sliding_window: int | None = None
     max_window_layers: int | None = None
     dtype: str = "bfloat16"  # the dtype the weights are meant to be stored and run in
+    # Mixture of experts (Qwen1.5-MoE / Qwen2-MoE, SPEC §2). num_experts 0 = a dense model.
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    shared_expert_intermediate_size: int = 0
+    norm_topk_prob: bool = False
+    decoder_sparse_step: int = 1
+    mlp_only_layers: list[int] = field(default_factory=list)
+    router_aux_loss_coef: float = 0.001
     extra: dict[str, Any] = field(default_factory=dict)  # unknown config.json keys, written back on save
 
     def __post_init__(self) -> None:
@@ -59,6 +69,15 @@ class ModelConfig:
     @property
     def kv_head_dim(self) -> int:
         return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_attention_heads
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    def is_moe_layer(self, layer_idx: int) -> bool:
+        """transformers' rule: sparse unless listed in mlp_only_layers or off the decoder_sparse_step grid."""
+        return (self.is_moe and layer_idx not in self.mlp_only_layers
+                and (layer_idx + 1) % self.decoder_sparse_step == 0)
 
     @property
     def rope_type(self) -> str:
@@ -111,6 +130,33 @@ class ModelConfig:
         eos = self.eos_token_ids
         if any(not 0 <= e < self.vocab_size for e in eos):
             fail("eos_token_id", f"({self.eos_token_id}) is outside the vocabulary of {self.vocab_size}")
+        self._validate_moe(fail)
+
+    def _validate_moe(self, fail) -> None:
+        def positive_int(name: str) -> bool:
+            value = getattr(self, name)
+            return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+        if not isinstance(self.num_experts, int) or isinstance(self.num_experts, bool) or self.num_experts < 0:
+            fail("num_experts", f"must be a non-negative integer (0 = dense), got {self.num_experts!r}")
+        if not positive_int("decoder_sparse_step"):
+            fail("decoder_sparse_step", f"must be a positive integer, got {self.decoder_sparse_step!r}")
+        if not isinstance(self.mlp_only_layers, list) or any(
+                not isinstance(i, int) or not 0 <= i < self.num_hidden_layers for i in self.mlp_only_layers):
+            fail("mlp_only_layers", f"must be a list of layer indices in [0, {self.num_hidden_layers}), "
+                 f"got {self.mlp_only_layers!r}")
+        if not self.is_moe:
+            return
+        for name in ("num_experts_per_tok", "moe_intermediate_size", "shared_expert_intermediate_size"):
+            if not positive_int(name):
+                fail(name, f"must be a positive integer when num_experts > 0, got {getattr(self, name)!r}")
+        if self.num_experts_per_tok > self.num_experts:
+            fail("num_experts_per_tok", f"({self.num_experts_per_tok}) is larger than num_experts "
+                 f"({self.num_experts})")
+        if not isinstance(self.norm_topk_prob, bool):
+            fail("norm_topk_prob", f"must be true or false, got {self.norm_topk_prob!r}")
+        if not isinstance(self.router_aux_loss_coef, (int, float)) or not self.router_aux_loss_coef >= 0:
+            fail("router_aux_loss_coef", f"must be a number >= 0, got {self.router_aux_loss_coef!r}")
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -127,8 +173,10 @@ class ModelConfig:
     def from_hf_dict(cls, raw: dict[str, Any], source: str = "config.json") -> ModelConfig:
         raw = dict(raw)
         model_type = raw.pop("model_type", None)
-        if model_type not in ("qwen2", None):
-            raise ConfigError(f"{source}: field 'model_type' is {model_type!r}; this loader reads 'qwen2'")
+        if model_type not in ("qwen2", "qwen2_moe", None):
+            raise ConfigError(f"{source}: field 'model_type' is {model_type!r}; this loader reads 'qwen2' and "
+                              "'qwen2_moe'")
+        _check_model_type(raw, model_type, source)
         theta, scaling = _normalise_rope(raw, source)
         dtype = raw.pop("dtype", None) or raw.pop("torch_dtype", None) or "bfloat16"
         raw.pop("torch_dtype", None)
@@ -136,6 +184,8 @@ class ModelConfig:
         known = {k: raw.pop(k) for k in list(raw) if k in names}
         if known.get("num_key_value_heads") is None and "num_attention_heads" in known:
             known["num_key_value_heads"] = known["num_attention_heads"]
+        if "mlp_only_layers" in known and known["mlp_only_layers"] is None:
+            known["mlp_only_layers"] = []  # transformers' Qwen2MoeConfig allows null for "none"
         missing = [n for n in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                "num_attention_heads") if n not in known]
         if missing:
@@ -153,9 +203,10 @@ class ModelConfig:
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The transformers/vLLM form: legacy `rope_theta` + `rope_scaling`, which every version reads."""
-        out: dict[str, Any] = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"}
+        out: dict[str, Any] = ({"architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe"} if self.is_moe
+                               else {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"})
         for f in dataclasses.fields(self):
-            if f.name in ("extra", "dtype", "rope_scaling"):
+            if f.name in ("extra", "dtype", "rope_scaling") or (f.name in _MOE_FIELDS and not self.is_moe):
                 continue
             value = getattr(self, f.name)
             if value is None and f.name in ("head_dim", "sliding_window", "max_window_layers"):
@@ -187,6 +238,27 @@ class ModelConfig:
 
     def save(self, directory: str | Path) -> None:
         atomic_write_text(Path(directory) / "config.json", json.dumps(self.to_hf_dict(), indent=2) + "\n")
+
+
+_MOE_FIELDS = ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "shared_expert_intermediate_size",
+               "norm_topk_prob", "decoder_sparse_step", "mlp_only_layers", "router_aux_loss_coef")
+
+
+def _check_model_type(raw: dict[str, Any], model_type: str | None, source: str) -> None:
+    """`model_type` and the MoE fields must agree; a qwen2_moe file must say how big its experts are."""
+    if model_type == "qwen2_moe":
+        for name in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "shared_expert_intermediate_size"):
+            if name not in raw:
+                raise ConfigError(f"{source}: required field '{name}' is missing (model_type is 'qwen2_moe')")
+        if not raw["num_experts"]:
+            raise ConfigError(f"{source}: field 'num_experts' is {raw['num_experts']!r}; a 'qwen2_moe' model "
+                              "needs at least one expert")
+        if raw.get("qkv_bias", True) is not True:
+            raise ConfigError(f"{source}: field 'qkv_bias' is {raw['qkv_bias']!r}; Qwen2 attention always has "
+                              "q/k/v bias and qwen25 implements only that")
+    elif raw.get("num_experts"):
+        raise ConfigError(f"{source}: field 'num_experts' is {raw['num_experts']!r} but model_type is "
+                          f"{model_type!r}; a mixture-of-experts config has model_type 'qwen2_moe'")
 
 
 def _normalise_rope(raw: dict[str, Any], source: str) -> tuple[float, dict[str, Any] | None]:

@@ -1,12 +1,15 @@
-"""The Qwen2 / Qwen2.5 dense decoder as plain nn.Modules.
+"""The Qwen2 / Qwen2.5 decoder as plain nn.Modules.
 
 Module and parameter names are transformers' (`model.layers.3.self_attn.q_proj.weight`), so an HF
 checkpoint's state dict loads with no key mapping. The math matches transformers' `modeling_qwen2.py`:
-RMSNorm in fp32, half-split RoPE with fp32 angles, GQA with q/k/v bias, SwiGLU MLP. Checkpoint I/O lives in
+RMSNorm in fp32, half-split RoPE with fp32 angles, GQA with q/k/v bias, SwiGLU MLP. A config with experts
+swaps the MLP of its sparse layers for the Qwen2-MoE block of `moe.py`. Checkpoint I/O lives in
 `checkpoint.py`; this file has no distributed or file concerns.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +18,9 @@ from torch import nn
 from qwen25.model.config import ModelConfig
 from qwen25.model.kv_cache import KVCache
 from qwen25.model.rope import RotaryEmbedding, apply_rotary
+
+if TYPE_CHECKING:
+    from qwen25.model.moe import RouterStats
 
 
 class Linear(nn.Linear):
@@ -212,7 +218,12 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = Attention(cfg, layer_idx)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
+        if cfg.is_moe_layer(layer_idx):
+            from qwen25.model.moe import SparseMoeBlock  # moe.py builds on this file's MLP and Linear
+
+            self.mlp = SparseMoeBlock(cfg)
+        else:
+            self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: AttentionMask,
                 cache: KVCache | None) -> torch.Tensor:
@@ -230,6 +241,8 @@ class Qwen2Model(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(cfg.kv_head_dim, cfg.rope_theta, cfg.rope_scaling)
         self.checkpoint_layers = False  # activation checkpointing: recompute each layer in backward
+        # [B, T] mask of the last forward's tokens (None: all real); MoE router statistics leave padding out.
+        self.token_mask: torch.Tensor | None = None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
@@ -238,6 +251,7 @@ class Qwen2Model(nn.Module):
         past = cache.length if cache is not None else 0
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, B, T, past, input_ids.device)
+        self.token_mask = None if attention_mask is None else attention_mask[:, past:]
         h = self.embed_tokens(input_ids)
         cos, sin = self.rotary_emb(position_ids, h.dtype)
         mask = AttentionMask.build(attention_mask, B, T, past, input_ids.device, segment_ids)
@@ -288,6 +302,13 @@ class Qwen2ForCausalLM(nn.Module):
             h = h[:, -logits_to_keep:]
         return self.lm_head(h)
 
+    def router_stats(self) -> RouterStats | None:
+        """MoE models: aux loss and per-expert load of the last forward, padding excluded (`moe.RouterStats`;
+        the training loss is `ce + stats.weighted_aux_loss`). None for dense models."""
+        from qwen25.model.moe import router_stats
+
+        return router_stats(self)
+
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -311,8 +332,10 @@ class Qwen2ForCausalLM(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:
-        """transformers' init: normal(0, initializer_range) for linear and embedding weights, zero biases,
-        ones for norms."""
+        """transformers' init: normal(0, initializer_range) for linear, embedding and expert weights, zero
+        biases, ones for norms."""
+        from qwen25.model.moe import Experts
+
         gen = torch.Generator(device="cpu")
         if seed is not None:
             gen.manual_seed(seed)
@@ -327,6 +350,9 @@ class Qwen2ForCausalLM(nn.Module):
                     module.bias.zero_()
             elif isinstance(module, RMSNorm):
                 module.weight.fill_(1.0)
+            elif isinstance(module, Experts):
+                for w in (module.gate_up, module.down):
+                    w.copy_(torch.empty(w.shape, dtype=torch.float32).normal_(0.0, std, generator=gen))
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -84,6 +84,7 @@ class Pretrainer:
         self.peak = matmul_peak_flops(info.device, self.autocast or torch.float32,
                                       cache=Path.home() / ".cache" / "qwen25" / "matmul_peak.json")
         self.state = {"step": 0, "stage": 0, "stage_step": 0, "tokens": 0, "loader": None}
+        self.router_log: dict = {}
         if resume:
             found = checkpoints(self.dir / "checkpoints")
             if found:
@@ -120,7 +121,10 @@ class Pretrainer:
         return contextlib.nullcontext()
 
     def train_step(self, batch: Batch) -> tuple[float, float]:
-        """One optimizer step on a global batch; returns (mean loss, grad norm before clipping)."""
+        """One optimizer step on a global batch; returns (mean loss, grad norm before clipping).
+
+        MoE models add `router_aux_loss_coef * aux` per micro-batch, averaged over micro-batches (and over
+        processes by the gradient averaging); the aux loss and expert load are kept in `self.router_log`."""
         info, micro = self.info, self.r.train.micro_batch
         rows = batch.input_ids.shape[0] // info.world
         local = batch.rows(info.rank * rows, (info.rank + 1) * rows)
@@ -128,14 +132,24 @@ class Pretrainer:
         scale = info.world / n_targets
         total = torch.zeros((), dtype=torch.float64, device=info.device)
         starts = list(range(0, rows, min(micro, rows)))
+        aux, load = 0.0, None
         for i, start in enumerate(starts):
             last = i == len(starts) - 1
             if last and hasattr(self.model, "set_requires_gradient_sync"):
                 self.model.set_requires_gradient_sync(True)
             with self._no_sync(last):
                 loss_sum = self._forward_loss(local.rows(start, start + micro))
-                (loss_sum * scale).backward()
+                loss = loss_sum * scale
+                stats = self.inner.router_stats()
+                if stats is not None:
+                    loss = loss + stats.weighted_aux_loss / len(starts)
+                    aux += float(stats.aux_loss) / len(starts)
+                    load = stats.tokens_per_expert if load is None else load + stats.tokens_per_expert
+                loss.backward()
             total += loss_sum.detach().double()
+        if load is not None:
+            per_expert = load.sum(0).double()
+            self.router_log = {"aux_loss": aux, "expert_load_max_over_mean": float(per_expert.max() / per_expert.mean())}
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.r.train.grad_clip)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
@@ -248,7 +262,7 @@ class Pretrainer:
                     self.metrics.write({"step": self.state["step"], "stage": stage_idx, "loss": loss, "lr": lr,
                                         "grad_norm": grad_norm, "tokens": self.state["tokens"], "tokens_per_s": tps,
                                         "mfu": flops * tps / (self.peak * info.world), "memory_mb": memory_mb(info.device),
-                                        "step_time_s": dt})
+                                        "step_time_s": dt, **self.router_log})
                     bar.update(1)
                     bar.set_postfix(stage=stage.name, loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
                 self.state["loader"] = loader.state_dict()

@@ -36,12 +36,19 @@ class MetricsLog:
 
 
 def flops_per_token(cfg, seq_len: int) -> float:
-    """Training FLOPs per token (forward + backward): 6 x matmul parameters (the LM head included, the
-    embedding lookup not) + 12 x layers x attention width x context (PaLM's accounting)."""
+    """Training FLOPs per token (forward + backward): 6 x matmul parameters a token runs through (the LM head
+    included, the embedding lookup not; for MoE the activated experts) + 12 x layers x attention width x
+    context (PaLM's accounting)."""
     h, layers = cfg.hidden_size, cfg.num_hidden_layers
     q, kv = cfg.num_attention_heads * cfg.kv_head_dim, cfg.num_key_value_heads * cfg.kv_head_dim
-    per_layer = h * (q + 2 * kv) + q * h + 3 * h * cfg.intermediate_size
-    matmul_params = layers * per_layer + h * cfg.vocab_size
+    matmul_params = h * cfg.vocab_size
+    for i in range(layers):
+        matmul_params += h * (q + 2 * kv) + q * h
+        if cfg.is_moe_layer(i):  # router + shared expert and its gate + the k experts a token runs through
+            inter = cfg.num_experts_per_tok * cfg.moe_intermediate_size + cfg.shared_expert_intermediate_size
+            matmul_params += h * (cfg.num_experts + 1) + 3 * h * inter
+        else:
+            matmul_params += 3 * h * cfg.intermediate_size
     return 6 * matmul_params + 12 * layers * q * seq_len
 
 
