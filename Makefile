@@ -14,7 +14,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m qwen25.demo
+	$(BIN)/qwen25 pretrain run --recipe recipes/tiny.toml --fresh
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -22,6 +22,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_inference.py
 	$(BIN)/python bench/bench_tokenizer.py
+	$(BIN)/python bench/bench_train.py
+	$(BIN)/python bench/bench_moe.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

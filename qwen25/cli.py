@@ -146,7 +146,7 @@ def cmd_pretrain_run(args: argparse.Namespace) -> None:
     from qwen25.pretraining.pipeline import run_pipeline
     from qwen25.pretraining.recipe import load_recipe
 
-    run_pipeline(load_recipe(args.recipe, args.set), resume=args.resume)
+    run_pipeline(load_recipe(args.recipe, args.set), resume=args.resume, fresh=args.fresh)
 
 
 def cmd_pretrain_export(args: argparse.Namespace) -> None:
@@ -209,7 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", required=True, help="TOML recipe, e.g. recipes/tiny.toml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.micro_batch=8 --set stages.1.tokens=2e6")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    mode.add_argument("--fresh", action="store_true",
+                      help="start over in the run's directory (its checkpoints and report are deleted; data kept)")
     p.set_defaults(func=cmd_pretrain_run)
     p = pre.add_parser("export", help="write an HF model directory from a training checkpoint")
     p.add_argument("--checkpoint", required=True, help="runs/NAME/checkpoints/step-XXXXXXXX")

@@ -171,3 +171,12 @@ def test_run_with_foreign_or_truncated_shards_stops_before_training(prepared, tm
     out = run_cli("pretrain", "run", "--recipe", str(recipe))
     assert out.returncode == 2 and f"{shard.name}: " in out.stderr and "truncated" in out.stderr
     assert not (run / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("path", ["recipes/tiny.toml", "recipes/gpu-100m.toml", "recipes/gpu-0.5b.toml"])
+def test_shipped_recipes_are_valid(path):
+    from pathlib import Path
+
+    recipe = load_recipe(Path(__file__).parent.parent / path)
+    assert len(recipe.stages) == 2 and recipe.stages[1].rope_theta > recipe.stages[0].rope_theta
+    assert recipe.stages[1].seq_len > recipe.stages[0].seq_len

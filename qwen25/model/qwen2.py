@@ -17,6 +17,7 @@ from torch import nn
 
 from qwen25.model.config import ModelConfig
 from qwen25.model.kv_cache import KVCache
+from qwen25.model.losses import linear_cross_entropy
 from qwen25.model.rope import RotaryEmbedding, apply_rotary
 
 if TYPE_CHECKING:
@@ -295,9 +296,7 @@ class Qwen2ForCausalLM(nn.Module):
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
         h = self.model(input_ids, attention_mask, position_ids, cache, segment_ids)
         if labels is not None:
-            logits = self.lm_head(h).float()
-            return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
-                                   reduction="sum")
+            return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, labels.reshape(-1))
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
         return self.lm_head(h)

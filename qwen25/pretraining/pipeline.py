@@ -8,6 +8,7 @@ second run (or `--resume` after a kill) does not redo hours of preprocessing at 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -33,6 +34,12 @@ def _same_settings(path: Path, settings: dict) -> bool:
 
 
 def prepare_corpus(recipe: Recipe, log) -> Path:
+    if recipe.data.corpus_dir:
+        given = Path(recipe.data.corpus_dir)
+        for name in ("train.jsonl", "heldout.jsonl"):
+            if not (given / name).is_file():
+                raise FileNotFoundError(f"{given / name}: data.corpus_dir needs train.jsonl and heldout.jsonl")
+        return given
     out = recipe.directory / "data" / "corpus"
     spec = CorpusSpec(bytes_per_domain=dict(recipe.data.bytes_per_domain),
                       heldout_per_mille=recipe.data.heldout_per_mille, seed=recipe.seed)
@@ -49,7 +56,8 @@ def prepare_tokenizer(recipe: Recipe, corpus: Path, log) -> QwenTokenizer:
         return load_tokenizer(recipe.tokenizer.path)
     out = recipe.directory / "tokenizer"
     settings = {"vocab_size": recipe.tokenizer.vocab_size, "train_bytes": recipe.tokenizer.train_bytes,
-                "corpus": json.loads((corpus / "manifest.json").read_text())["spec"]}
+                "corpus": str(corpus.resolve()) if recipe.data.corpus_dir else
+                json.loads((corpus / "manifest.json").read_text())["spec"]}
     if _same_settings(out / "train_settings.json", settings):
         log(f"tokenizer: reusing {out}")
         return load_tokenizer(out)
@@ -120,7 +128,7 @@ def samples(model, tok: QwenTokenizer, seed: int, max_new_tokens: int = 48) -> l
     return out
 
 
-def run_pipeline(recipe: Recipe, resume: bool = False) -> Path | None:
+def run_pipeline(recipe: Recipe, resume: bool = False, fresh: bool = False) -> Path | None:
     info = init_distributed(recipe.train.device)
     log = print if info.main else (lambda *a, **k: None)
     t_start = time.perf_counter()
@@ -128,6 +136,10 @@ def run_pipeline(recipe: Recipe, resume: bool = False) -> Path | None:
     try:
         if info.main:
             recipe.directory.mkdir(parents=True, exist_ok=True)
+            if fresh:  # a new run in the same directory: drop its training outputs, keep the prepared data
+                for old in ("checkpoints", "hf", "metrics.jsonl", "report.md", "loss.png"):
+                    path = recipe.directory / old
+                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
             if not resume and checkpoints(recipe.directory / "checkpoints"):
                 raise SystemExit(f"{recipe.directory} already has checkpoints: pass --resume to continue that run, "
                                  "or choose another name")
@@ -163,8 +175,9 @@ def run_pipeline(recipe: Recipe, resume: bool = False) -> Path | None:
             except FileNotFoundError:
                 pass
         timings["total"] = time.perf_counter() - t_start
+        manifest = corpus / "manifest.json"
         report = write_report(recipe, trainer, metrics, sample_rows, compression, timings,
-                              json.loads((corpus / "manifest.json").read_text()))
+                              json.loads(manifest.read_text()) if manifest.is_file() else {"sources": []})
         log(f"report: {report}")
         return report
     finally:

@@ -31,6 +31,7 @@ class TokenizerSection:
 
 @dataclass
 class DataSection:
+    corpus_dir: str = ""  # your own train.jsonl + heldout.jsonl ({"text", "domain"} per line); empty: build one
     bytes_per_domain: dict[str, int] = field(default_factory=lambda: {"code": 4_000_000, "en": 4_000_000,
                                                                        "zh": 4_000_000, "math": 1_500_000})
     heldout_per_mille: int = 20
