@@ -121,7 +121,18 @@ class Pretrainer:
         return contextlib.nullcontext()
 
     def train_step(self, batch: Batch) -> tuple[float, float]:
-        """One optimizer step on a global batch; returns (mean loss, grad norm before clipping).
+        """One optimizer step on a global batch; returns (mean loss, grad norm before clipping)."""
+        loss = self.accumulate_gradients(batch)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.r.train.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, float(grad_norm)
+
+    def accumulate_gradients(self, batch: Batch) -> float:
+        """Forward and backward over this process's rows of a global batch, in micro-batches; returns the mean
+        loss over every target of the global batch.
 
         MoE models add `router_aux_loss_coef * aux` per micro-batch, averaged over micro-batches (and over
         processes by the gradient averaging); the aux loss and expert load are kept in `self.router_log`."""
@@ -150,12 +161,7 @@ class Pretrainer:
         if load is not None:
             per_expert = load.sum(0).double()
             self.router_log = {"aux_loss": aux, "expert_load_max_over_mean": float(per_expert.max() / per_expert.mean())}
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.r.train.grad_clip)
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(all_reduce_sum(total, info) / n_targets), float(grad_norm)
+        return float(all_reduce_sum(total, info) / n_targets)
 
     @torch.no_grad()
     def evaluate(self, stage: StageSection) -> EvalResult:
