@@ -54,6 +54,8 @@ def configure(model: torch.nn.Module, rope: str = "config", attention: str = "co
         attention = "dca" if dca is not None else "dense"
     if attention == "dca" and dca is None:
         raise ValueError("attention 'dca' needs a dual_chunk_attention_config (none in config.json, none given)")
+    if sparse is not None and attention not in ("sparse", "dca"):
+        raise ValueError(f"sparse prefill settings apply to attention 'sparse' or 'dca', not {attention!r}")
     if attention == "dca" and rope == "dynamic-yarn":
         raise ValueError("dual chunk attention keeps every position below chunk_size; it is not combined with "
                          "dynamic YaRN")
