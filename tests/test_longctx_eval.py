@@ -1,5 +1,6 @@
 """Long-context tasks and their scoring, the evaluation CLI end to end, and the extrapolation experiment."""
 
+import os
 import random
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from qwen25.cli import main
 from qwen25.longctx import extrapolation
 from qwen25.longctx.evaluate import Result, _HFTokenizer, accuracy_table, greedy
 from qwen25.longctx.tasks import FILLER, TASKS, WORDS, Sample, make_sample, passkey, score
@@ -68,33 +70,32 @@ def test_greedy_stops_at_a_stop_id():
     assert greedy(model, [1, 2, 3], 8, prefill_chunk=2, stop_ids=[free[2]]) == free[:free.index(free[2]) + 1]
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "qwen25.cli", *args], capture_output=True, text=True, timeout=300)
-
-
-def test_eval_longctx_cli_end_to_end(tmp_path):
+def test_eval_longctx_cli_end_to_end(tmp_path, capsys):
     cfg = ModelConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                       rope_theta=10_000.0, dtype="float32")
     build_model(cfg, seed=0).save_pretrained(tmp_path)
     _hf_tokenizer().save(str(tmp_path / "tokenizer.json"))
-    out = _cli("eval", "longctx", "--model", str(tmp_path), "--tasks", "passkey,niah_multikey,variable_tracking",
-               "--lengths", "300", "600", "--depths", "0", "1", "--samples", "1", "--attention", "dca",
-               "--chunk-size", "256", "--prefill-chunk", "128")
+    out = subprocess.run([sys.executable, "-m", "qwen25.cli", "eval", "longctx", "--model", str(tmp_path),
+                          "--tasks", "passkey,variable_tracking", "--lengths", "300", "600", "--depths", "0", "1",
+                          "--samples", "1", "--attention", "dca", "--chunk-size", "256", "--prefill-chunk", "128"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert "| task | 300 | 600 |" in lines and "| depth | 300 | 600 |" in lines
     assert any(line.startswith("| variable_tracking | ") for line in lines)
-    out = _cli("eval", "longctx", "--model", str(tmp_path), "--tasks", "frequent_words", "--lengths", "400",
-               "--samples", "1", "--rope", "dynamic-yarn", "--original-max-positions", "256", "--attention",
-               "sparse", "--sparse-threshold", "0")
-    assert out.returncode == 0, out.stderr
-    assert any(line.startswith("| frequent_words | ") for line in out.stdout.splitlines())
-    out = _cli("eval", "longctx", "--model", str(tmp_path), "--rope", "yarn")
-    assert out.returncode == 2 and "needs 'factor'" in out.stderr
+    # The same entry point in-process, for the other settings and the errors.
+    main(["eval", "longctx", "--model", str(tmp_path), "--tasks", "frequent_words", "--lengths", "400",
+          "--samples", "1", "--rope", "dynamic-yarn", "--original-max-positions", "256", "--attention", "sparse",
+          "--sparse-threshold", "0"])
+    assert any(line.startswith("| frequent_words | ") for line in capsys.readouterr().out.splitlines())
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "longctx", "--model", str(tmp_path), "--rope", "yarn"])
+    assert exit_.value.code == 2 and "needs 'factor'" in capsys.readouterr().err
     (tmp_path / "tokenizer.json").unlink()
-    out = _cli("eval", "longctx", "--model", str(tmp_path))
-    assert out.returncode == 2 and "tokenizer.json" in out.stderr
+    with pytest.raises(SystemExit):
+        main(["eval", "longctx", "--model", str(tmp_path)])
+    assert "tokenizer.json" in capsys.readouterr().err
 
 
 def test_extrapolation_sequences_and_a_short_run():

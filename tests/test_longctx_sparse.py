@@ -60,7 +60,9 @@ def _model(seed=0):
 
 
 def _full_budget(T, block=32):
-    return SparseConfig(patterns=((SparseHeadPattern("vertical_and_slash", T, T),) * 4,) * 2, threshold=0,
+    """Every key as a column, and only the always-kept nearby diagonals: the sparse kernel must then give
+    dense attention (a budget of all diagonals would be handed to the dense kernel instead)."""
+    return SparseConfig(patterns=((SparseHeadPattern("vertical_and_slash", T, 50),) * 4,) * 2, threshold=0,
                         block=block)
 
 
@@ -86,6 +88,11 @@ def test_sparse_prefill_inside_dual_chunk_attention_with_a_full_budget_equals_dc
     expected = model(ids)
     configure(model, attention="dca", dual_chunk=dca, sparse=_full_budget(200))
     assert (model(ids) - expected).abs().max() <= 1e-5
+    small = SparseConfig(patterns=((SparseHeadPattern("vertical_and_slash", 30, 50),) * 4,) * 2, threshold=0,
+                         block=32)
+    configure(model, attention="dca", dual_chunk=dca, sparse=small)
+    assert (model(ids) - expected).abs().max() > 1e-4  # the sparse path is live in the later chunks
+    configure(model, attention="dca", dual_chunk=dca, sparse=_full_budget(200))
     cache = KVCache.for_model(model, 1, 200)  # in chunks, and dense decode after the sparse prefill
     steps = [prefill(model, ids[:, :195], cache, chunk_size=100)[:, None]]
     steps += [model(ids[:, t:t + 1], cache=cache) for t in range(195, 200)]
@@ -135,11 +142,13 @@ def test_vertical_slash_keeps_sinks_nearby_diagonals_and_what_the_last_queries_a
 
 
 @torch.no_grad()
-def test_below_the_threshold_sparse_prefill_is_dense_attention():
+def test_below_the_threshold_or_within_the_budget_sparse_prefill_is_dense_attention():
     model = _model(seed=4)
     ids = torch.randint(0, 256, (1, 120), generator=torch.Generator().manual_seed(4))
     dense = model(ids)
     configure(model, attention="sparse", sparse=SparseConfig(threshold=120, block=BLOCK))
+    assert torch.equal(model(ids), dense)
+    configure(model, attention="sparse", sparse=SparseConfig(threshold=0, block=BLOCK))  # 6096 diagonals > 120
     assert torch.equal(model(ids), dense)
 
 
@@ -151,11 +160,13 @@ def test_minference_pattern_file(tmp_path):
     patterns = load_patterns(path, num_layers=2, num_heads=4)
     assert patterns[1][2] == SparseHeadPattern("stream_llm", 64, 4096)
     path.write_text(json.dumps([heads, {**heads, "1": ["vertical_and_slash", 0, 10, 1.0]}]))
-    with pytest.raises(ValueError, match=r'\[1\]\["1"\]. needs a positive integer vertical size'):
+    with pytest.raises(ValueError, match=r'best_pattern.json\[1\]\["1"\]. needs a positive integer vertical size'):
         load_patterns(path, num_layers=2, num_heads=4)
     path.write_text(json.dumps([heads]))
     with pytest.raises(ValueError, match="lists 1 layers, but the model has 2"):
         load_patterns(path, num_layers=2, num_heads=4)
+    with pytest.raises(ValueError, match="'threshold' must be an integer >= 0"):
+        SparseConfig(threshold=-1)
 
 
 @torch.no_grad()
@@ -180,3 +191,25 @@ def test_chunked_prefill_equals_one_forward_without_a_chunk_mask():
     finally:
         F.scaled_dot_product_attention = original
     assert all(mask is None for mask in seen)  # the chunks after the first never built a [T, S] mask
+
+
+@pytest.mark.parametrize("causal, with_bias", [(True, False), (False, False), (False, True)])
+def test_partial_attention_portable_path_equals_the_cpu_kernel(causal, with_bias):
+    """The matmul path (used off CPU) and PyTorch's CPU flash kernel give the same out and lse."""
+    from qwen25.longctx.partial import _attend_math, attend, merge_with_lse
+
+    g = torch.Generator().manual_seed(7)
+    q, k, v = torch.randn(2, 4, 70, 16, generator=g), torch.randn(2, 2, 70, 16, generator=g), \
+        torch.randn(2, 2, 70, 16, generator=g)
+    bias = None
+    if with_bias:
+        bias = torch.zeros(2, 1, 70, 70).masked_fill_(torch.rand(2, 1, 70, 70, generator=g) < 0.5, float("-inf"))
+        bias[0, 0, 3] = float("-inf")  # a row that sees nothing: out 0, lse -inf
+    out, lse = attend(q, k, v, causal, 0.25, bias)
+    ref_out, ref_lse = _attend_math(q, k, v, causal, 0.25, bias)
+    assert (out - ref_out).abs().max() <= 1e-5
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse)) and (lse - ref_lse).nan_to_num(0).abs().max() <= 1e-5
+    if with_bias:
+        assert torch.isinf(lse[0, :, 3]).all() and (out[0, :, 3] == 0).all()
+        merged, merged_lse = merge_with_lse([(out, lse), (out, lse)])
+        assert (merged - out).abs().max() <= 1e-6 and torch.isinf(merged_lse[0, :, 3]).all()

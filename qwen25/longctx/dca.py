@@ -21,7 +21,7 @@ import math
 import torch
 
 from qwen25.longctx.partial import attend, merge
-from qwen25.longctx.sparse import Selection, SparseConfig, a_shape, sparse_attend, vertical_slash
+from qwen25.longctx.sparse import Selection, SparseConfig, a_shape, covers_all, sparse_attend, vertical_slash
 from qwen25.model.config import DualChunkConfig
 from qwen25.model.kv_cache import KVCache
 from qwen25.model.qwen2 import AttentionMask
@@ -84,8 +84,8 @@ class DualChunkAttention:
                 ranges.append(((chunk - 1) * L, chunk * L, self._rotate(rows, prev)))
             if chunk >= 2:
                 ranges.append((0, (chunk - 1) * L, self._rotate(rows, older)))
-            if use_sparse:
-                sel = self._select(rows, pos, k, chunk, layer)
+            sel = self._select(rows, pos, k, chunk, layer) if use_sparse else None
+            if sel is not None and not covers_all(sel, a1, self.sparse.block):
                 parts = [sparse_attend(qr, k[:, :, k0:k1], v[:, :, k0:k1], sel, a0, k0, self.sparse.block)
                          for k0, k1, qr in ranges]
             else:

@@ -60,6 +60,12 @@ class SparseConfig:
     last_q: int = LAST_Q
     block: int = BLOCK
 
+    def __post_init__(self) -> None:
+        for name, low in (("threshold", 0), ("last_q", 1), ("block", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"sparse prefill setting '{name}' must be an integer >= {low}, got {value!r}")
+
     def pattern(self, layer: int, head: int) -> SparseHeadPattern:
         return DEFAULT_PATTERN if self.patterns is None else self.patterns[layer][head]
 
@@ -72,9 +78,9 @@ def load_patterns(path: str | Path, num_layers: int, num_heads: int) -> tuple[tu
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: cannot read a sparse pattern JSON file ({e})") from None
     try:
-        return parse_sparse_patterns(raw, num_layers, num_heads, where="")
+        return parse_sparse_patterns(raw, num_layers, num_heads, where=path.name)
     except ValueError as e:
-        raise ValueError(f"{path}: entry {e}") from None
+        raise ValueError(f"{path}: {e}") from None
 
 
 def a_shape(pattern: SparseHeadPattern, block: int = BLOCK) -> Selection:
@@ -105,6 +111,13 @@ def vertical_slash(scores: torch.Tensor, q_pos: torch.Tensor, pattern: SparseHea
     n_keep = min(n_diag, max(math.ceil(max(pattern.slash, MIN_SLASH) / block), math.ceil(NEAR_SLASHES / block) + 1))
     diagonals = slash.topk(n_keep).indices.sort().values
     return Selection(diagonals, columns)
+
+
+def covers_all(selections: list[list[Selection]], q_end: int, block: int = BLOCK) -> bool:
+    """True when every head keeps every block diagonal up to the last query: then the result is dense
+    attention, and the dense kernel computes it faster (short prompts under a long-prompt budget)."""
+    need = math.ceil(q_end / block)
+    return all(int((sel.diagonals.unique() < need).sum()) == need for heads in selections for sel in heads)
 
 
 def sparse_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selections: list[list[Selection]],
@@ -215,6 +228,8 @@ class SparseAttention:
         if mask.padded:
             raise ValueError("sparse prefill runs unpadded prompts; give prompts of equal length or one at a time")
         selections = self.select(q, k, layer, q_start=S - T)
+        if covers_all(selections, S, self.config.block):
+            return causal_attention(q, k, v, mask)
         return sparse_attend(q, k, v, selections, q_start=S - T, k_start=0, block=self.config.block)[0]
 
     def select(self, q: torch.Tensor, k: torch.Tensor, layer: int, q_start: int) -> list[list[Selection]]:
