@@ -4,6 +4,7 @@ Field names are the Hugging Face names, so a config dict maps onto the dataclass
 settings are normalised to `rope_theta` plus an optional `rope_scaling` dict whatever form the file used
 (transformers 4.x `rope_theta`/`rope_scaling`, or 5.x `rope_parameters`). A config with `num_experts > 0` is a
 Qwen2-MoE model (`model_type: "qwen2_moe"`); the MoE fields' defaults mean "dense" (`model_type: "qwen2"`).
+`dual_chunk_attention_config` is kept exactly as Qwen2.5-1M publishes it (so it round-trips unchanged) and read through `DualChunkConfig`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from qwen25.io import atomic_write_text
 
@@ -61,6 +62,7 @@ class ModelConfig:
     decoder_sparse_step: int = 1
     mlp_only_layers: list[int] = field(default_factory=list)
     router_aux_loss_coef: float = 0.001
+    dual_chunk_attention_config: dict[str, Any] | None = None  # Qwen2.5-1M's block, verbatim; see DualChunkConfig
     extra: dict[str, Any] = field(default_factory=dict)  # unknown config.json keys, written back on save
 
     def __post_init__(self) -> None:
@@ -78,6 +80,14 @@ class ModelConfig:
         """transformers' rule: sparse unless listed in mlp_only_layers or off the decoder_sparse_step grid."""
         return (self.is_moe and layer_idx not in self.mlp_only_layers
                 and (layer_idx + 1) % self.decoder_sparse_step == 0)
+
+    @property
+    def dual_chunk(self) -> DualChunkConfig | None:
+        """`dual_chunk_attention_config` parsed, with vLLM's defaults filled in; None when absent."""
+        if self.dual_chunk_attention_config is None:
+            return None
+        return DualChunkConfig.parse(self.dual_chunk_attention_config, self.num_hidden_layers,
+                                     self.num_attention_heads)
 
     @property
     def rope_type(self) -> str:
@@ -123,6 +133,9 @@ class ModelConfig:
                     fail("rope_scaling.factor", f"must be a number >= 1 for yarn, got {factor!r}")
                 if "original_max_position_embeddings" not in self.rope_scaling:
                     fail("rope_scaling.original_max_position_embeddings", "is required for yarn")
+        if self.dual_chunk_attention_config is not None:
+            DualChunkConfig.parse(self.dual_chunk_attention_config, self.num_hidden_layers,
+                                  self.num_attention_heads, source)
         for name in ("bos_token_id", "pad_token_id"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < self.vocab_size:
@@ -209,7 +222,8 @@ class ModelConfig:
             if f.name in ("extra", "dtype", "rope_scaling") or (f.name in _MOE_FIELDS and not self.is_moe):
                 continue
             value = getattr(self, f.name)
-            if value is None and f.name in ("head_dim", "sliding_window", "max_window_layers"):
+            if value is None and f.name in ("head_dim", "sliding_window", "max_window_layers",
+                                            "dual_chunk_attention_config"):
                 continue  # transformers' strict config rejects null here; absent means "derive" or "unused"
             out[f.name] = value
         out["rope_scaling"] = dict(self.rope_scaling) if self.rope_scaling else None
@@ -279,3 +293,111 @@ def _normalise_rope(raw: dict[str, Any], source: str) -> tuple[float, dict[str, 
     if rope_type == "default":
         return float(theta), None
     return float(theta), {"rope_type": rope_type, **merged}
+
+
+class SparseHeadPattern(NamedTuple):
+    """One head's sparse-prefill budget, as MInference's per-head JSON lists it (the score is not kept).
+
+    "vertical_and_slash": `vertical` key columns and `slash` diagonals, chosen per prompt from the last queries.
+    "stream_llm" (A-shape): the first `vertical` tokens (sinks) and a local window of `slash` tokens.
+    """
+
+    kind: str
+    vertical: int
+    slash: int
+
+
+SPARSE_KINDS = ("vertical_and_slash", "stream_llm")
+
+
+def parse_sparse_patterns(raw: Any, num_layers: int, num_heads: int,
+                          where: str = "sparse_attention_config") -> tuple[tuple[SparseHeadPattern, ...], ...]:
+    """MInference's format: a list with one object per layer, `{"<head>": [kind, vertical, slash, score]}`.
+
+    Every layer and head must be present. Raises ValueError("'<where>[layer][\"head\"]' <what is wrong>").
+    """
+    def fail(loc: str, why: str) -> None:
+        raise ValueError(f"'{where}{loc}' {why}")
+
+    if not isinstance(raw, list):
+        fail("", f"must be a list with one object per layer, got {type(raw).__name__}")
+    if len(raw) != num_layers:
+        fail("", f"lists {len(raw)} layers, but the model has {num_layers}")
+    layers = []
+    for layer, heads in enumerate(raw):
+        if not isinstance(heads, dict):
+            fail(f"[{layer}]", "must be an object mapping head index to a pattern")
+        extra = set(heads) - {str(h) for h in range(num_heads)}
+        if extra:
+            fail(f"[{layer}]", f"has heads {sorted(extra)}; the model has heads 0..{num_heads - 1}")
+        patterns = []
+        for head in range(num_heads):
+            loc, entry = f'[{layer}]["{head}"]', heads.get(str(head))
+            if entry is None:
+                fail(loc, "is missing; every head needs a pattern")
+            if not isinstance(entry, (list, tuple)) or len(entry) not in (3, 4):
+                fail(loc, f"must be [kind, vertical, slash, score], got {entry!r}")
+            kind, vertical, slash = entry[:3]
+            if kind not in SPARSE_KINDS:
+                fail(loc, f"has kind {kind!r}; supported kinds are {SPARSE_KINDS}")
+            for name, value in (("vertical", vertical), ("slash", slash)):
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    fail(loc, f"needs a positive integer {name} size, got {value!r}")
+            patterns.append(SparseHeadPattern(kind, vertical, slash))
+        layers.append(tuple(patterns))
+    return tuple(layers)
+
+
+@dataclass(frozen=True)
+class DualChunkConfig:
+    """Qwen2.5-1M's `dual_chunk_attention_config`, with the defaults vLLM applies to missing keys.
+
+    chunk_size c and local_size w give chunks of L = c - w tokens (SPEC §5). A positive
+    original_max_position_embeddings turns on the length-based logit scaling beyond it. The sparse_* keys
+    describe sparse prefill (MInference vertical-slash) inside DCA, used for prompts longer than the threshold.
+    """
+
+    chunk_size: int = 8192
+    local_size: int = 1024
+    original_max_position_embeddings: int = 0
+    sparse_attention_config: tuple[tuple[SparseHeadPattern, ...], ...] | None = None
+    sparse_attention_enabled: bool = False
+    sparse_attention_threshold: int = 32768
+    sparse_attention_last_q: int = 64
+
+    @property
+    def chunk_len(self) -> int:
+        return self.chunk_size - self.local_size
+
+    @classmethod
+    def parse(cls, raw: Any, num_layers: int, num_heads: int, source: str = "config") -> DualChunkConfig:
+        def fail(name: str, why: str) -> None:
+            raise ConfigError(f"{source}: field 'dual_chunk_attention_config{name}' {why}")
+
+        if not isinstance(raw, dict):
+            fail("", f"must be an object, got {raw!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            fail(f".{unknown[0]}", f"is not a setting qwen25 knows; expected some of {sorted(known)}")
+        values = dict(raw)
+        for name in ("chunk_size", "local_size", "original_max_position_embeddings", "sparse_attention_threshold",
+                     "sparse_attention_last_q"):
+            value = values.get(name, getattr(cls, name))
+            low = 1 if name in ("chunk_size", "sparse_attention_last_q") else 0
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                fail(f".{name}", f"must be an integer >= {low}, got {value!r}")
+        chunk, local = values.get("chunk_size", cls.chunk_size), values.get("local_size", cls.local_size)
+        if local >= chunk:
+            fail(".local_size", f"({local}) must be smaller than chunk_size ({chunk})")
+        patterns = values.get("sparse_attention_config")
+        if patterns is not None:
+            try:
+                values["sparse_attention_config"] = parse_sparse_patterns(
+                    patterns, num_layers, num_heads, "dual_chunk_attention_config.sparse_attention_config")
+            except ValueError as e:
+                raise ConfigError(f"{source}: field {e}") from None
+        enabled = values.setdefault("sparse_attention_enabled", patterns is not None)
+        if not isinstance(enabled, bool):
+            fail(".sparse_attention_enabled", f"must be true or false, got {enabled!r}")
+        return cls(**values)

@@ -16,6 +16,11 @@ class KVCache:
         self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.length = 0  # tokens already stored (identical for every layer between forwards)
+        # Per-request long-context state (qwen25.longctx): the whole prompt's length, set before a chunked
+        # prefill so choices made from it see the full prompt (None: the first forward's length), and the
+        # dynamic-YaRN factor fixed at prefill and kept through decode.
+        self.prompt_length: int | None = None
+        self.rope_factor: float | None = None
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, batch: int, capacity: int) -> KVCache:

@@ -134,11 +134,26 @@ class AttentionMask:
 
     `dense` is a boolean [B, 1, T, S] mask (True = attend) or None. With None, `causal` says whether the
     queries are causal among themselves (prefill of a fresh sequence) or see every key (one-token decode).
+    `past` is the number of cached tokens before these queries and `padded` whether any row has padding.
+    An unpadded chunk after cached tokens needs a causal mask aligned to the end; it is built on first use,
+    so a long-context attention that splits the keys instead never pays for a [T, S] mask.
     """
 
-    def __init__(self, dense: torch.Tensor | None, causal: bool) -> None:
-        self.dense = dense
+    def __init__(self, dense: torch.Tensor | None, causal: bool, past: int = 0, padded: bool = False,
+                 deferred: tuple[int, int, torch.device] | None = None) -> None:
+        self._dense = dense
         self.causal = causal
+        self.past = past
+        self.padded = padded
+        self._deferred = deferred  # (batch, q_len, device) of a chunk mask not built yet
+
+    @property
+    def dense(self) -> torch.Tensor | None:
+        if self._deferred is not None:
+            batch, q_len, device = self._deferred
+            self._dense = _causal_allowed(q_len, self.past, device).expand(batch, 1, q_len, self.past + q_len)
+            self._deferred = None
+        return self._dense
 
     @classmethod
     def build(cls, attention_mask: torch.Tensor | None, batch: int, q_len: int, past: int,
@@ -158,15 +173,21 @@ class AttentionMask:
             return cls((causal & same).unsqueeze(1), causal=False)
         padded = attention_mask is not None and not bool(attention_mask.all())
         if not padded and (past == 0 or q_len == 1):
-            return cls(None, causal=q_len > 1)
+            return cls(None, causal=q_len > 1, past=past)
+        if not padded:
+            return cls(None, causal=False, past=past, deferred=(batch, q_len, device))
+        allowed = _causal_allowed(q_len, past, device) & attention_mask[:, None, None, :].bool()
+        # A padding query would see no key at all (a NaN row); let it see itself. Its output is never used.
         q_idx = torch.arange(past, past + q_len, device=device)
-        k_idx = torch.arange(past + q_len, device=device)
-        allowed = (k_idx[None, :] <= q_idx[:, None])[None, None]  # [1, 1, T, S]
-        if padded:
-            allowed = allowed & attention_mask[:, None, None, :].bool()
-            # A padding query would see no key at all (a NaN row); let it see itself. Its output is never used.
-            allowed = allowed | (k_idx[None, :] == q_idx[:, None])[None, None]
-        return cls(allowed.expand(batch, 1, q_len, past + q_len), causal=False)
+        allowed = allowed | (torch.arange(past + q_len, device=device)[None, :] == q_idx[:, None])[None, None]
+        return cls(allowed, causal=False, past=past, padded=True)
+
+
+def _causal_allowed(q_len: int, past: int, device: torch.device) -> torch.Tensor:
+    """[1, 1, q_len, past + q_len]: query i (at position past + i) may see keys up to its own position."""
+    q_idx = torch.arange(past, past + q_len, device=device)
+    k_idx = torch.arange(past + q_len, device=device)
+    return (k_idx[None, :] <= q_idx[:, None])[None, None]
 
 
 class Attention(nn.Module):
@@ -181,6 +202,9 @@ class Attention(nn.Module):
         self.v_proj = Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
         self.o_proj = Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=False)
         self._qkv = FusedProjection(self.q_proj, self.k_proj, self.v_proj)
+        # A long-context attention (qwen25.longctx: dual chunk, sparse prefill, chunked prefill) or None for
+        # dense SDPA. It gets q/k before RoPE, because dual chunk attention rotates them with its own positions.
+        self.backend = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: AttentionMask,
                 cache: KVCache | None) -> torch.Tensor:
@@ -192,10 +216,13 @@ class Attention(nn.Module):
         q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)
-        out = sdpa_gqa(q, k, v, mask)  # [B, heads, T, D]
+        if self.backend is not None:
+            out = self.backend(q, k, v, cos, sin, mask, cache, self.layer_idx)
+        else:
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            if cache is not None:
+                k, v = cache.update(self.layer_idx, k, v)
+            out = sdpa_gqa(q, k, v, mask)  # [B, heads, T, D]
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
 
@@ -254,7 +281,15 @@ class Qwen2Model(nn.Module):
             position_ids = default_position_ids(attention_mask, B, T, past, input_ids.device)
         self.token_mask = None if attention_mask is None else attention_mask[:, past:]
         h = self.embed_tokens(input_ids)
-        cos, sin = self.rotary_emb(position_ids, h.dtype)
+        factor = None
+        if self.rotary_emb.dynamic:  # per-request YaRN: chosen from the prompt at prefill, kept in the cache
+            if cache is None:
+                factor = self.rotary_emb.request_factor(T)
+            else:
+                if cache.rope_factor is None:
+                    cache.rope_factor = self.rotary_emb.request_factor(cache.prompt_length or past + T)
+                factor = cache.rope_factor
+        cos, sin = self.rotary_emb(position_ids, h.dtype, factor)
         mask = AttentionMask.build(attention_mask, B, T, past, input_ids.device, segment_ids)
         for layer in self.layers:
             if self.checkpoint_layers and torch.is_grad_enabled():
@@ -287,6 +322,10 @@ class Qwen2ForCausalLM(nn.Module):
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        if cfg.dual_chunk_attention_config is not None:  # Qwen2.5-1M: served with dual chunk attention, as vLLM
+            from qwen25.longctx import configure
+
+            configure(self)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,

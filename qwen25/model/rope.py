@@ -62,7 +62,8 @@ def yarn_inv_freq(head_dim: int, base: float, scaling: dict[str, Any], factor: f
 class RotaryEmbedding(torch.nn.Module):
     """cos/sin for given positions. Holds no tensors in its state dict; frequencies are cached per device.
 
-    Changing the base (ABF between pretraining stages) or the scaling goes through `configure`.
+    Changing the base (ABF between pretraining stages) or the scaling goes through `configure`. With
+    `dynamic=True` a YaRN block is applied per request (`request_factor`) instead of with its fixed factor.
     """
 
     def __init__(self, head_dim: int, base: float, scaling: dict[str, Any] | None = None) -> None:
@@ -70,18 +71,28 @@ class RotaryEmbedding(torch.nn.Module):
         self.head_dim = head_dim
         self.configure(base, scaling)
 
-    def configure(self, base: float, scaling: dict[str, Any] | None) -> None:
+    def configure(self, base: float, scaling: dict[str, Any] | None, dynamic: bool = False) -> None:
+        if dynamic and (scaling or {}).get("rope_type") != "yarn":
+            raise ValueError("dynamic YaRN needs a yarn scaling block (it gives original_max_position_embeddings)")
         self.base = float(base)
         self.scaling = dict(scaling) if scaling else None
+        self.dynamic = dynamic
         self._cache: dict[tuple[torch.device, float | None], tuple[torch.Tensor, float]] = {}
 
+    def request_factor(self, length: int) -> float:
+        """Dynamic YaRN's factor for a request of `length` tokens: max(1, length / original length)."""
+        return max(1.0, length / self.scaling["original_max_position_embeddings"])
+
     def inv_freq(self, device: torch.device, factor: float | None = None) -> tuple[torch.Tensor, float]:
+        """`factor` overrides the configured YaRN factor; an explicit factor <= 1 means plain RoPE, bit for bit."""
         key = (device, factor)
         if key not in self._cache:
-            if self.scaling is None:
+            if self.scaling is None or (factor is not None and factor <= 1):
                 freqs = default_inv_freq(self.head_dim, self.base), 1.0
             else:
                 freqs = yarn_inv_freq(self.head_dim, self.base, self.scaling, factor)
+            if len(self._cache) >= 16:  # dynamic factors differ per request; keep the cache small
+                self._cache.clear()
             self._cache[key] = (freqs[0].to(device), freqs[1])
         return self._cache[key]
 

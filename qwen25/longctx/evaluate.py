@@ -1,0 +1,85 @@
+"""Run the passkey and RULER-style tasks through a model and report accuracy by length (and by depth).
+
+Generation is greedy with a KV cache, one prompt at a time, with the prompt optionally prefilled in chunks;
+whatever long-context setup `configure` chose (YaRN, dual chunk, sparse) applies unchanged.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from qwen25.longctx.chunked import prefill
+from qwen25.longctx.tasks import Tokenizer, make_sample, score
+from qwen25.model.kv_cache import KVCache
+
+
+def load_tokenizer(model_dir: str | Path) -> Tokenizer:
+    """The model directory's tokenizer (any `qwen25.load_tokenizer` directory works for the text tasks)."""
+    from qwen25.tokenizer import load_tokenizer as load
+
+    return load(model_dir)
+
+
+@torch.inference_mode()
+def greedy(model: torch.nn.Module, ids: Sequence[int], max_new_tokens: int, prefill_chunk: int | None = None,
+           stop_ids: Sequence[int] = ()) -> list[int]:
+    """Greedy continuation of one prompt (a stop id, when produced, ends it and is included)."""
+    device = next(model.parameters()).device
+    cache = KVCache.for_model(model, 1, len(ids) + max_new_tokens)
+    logits = prefill(model, torch.tensor([list(ids)], device=device), cache, prefill_chunk)
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        token = int(logits[0].argmax())
+        out.append(token)
+        if token in stop_ids or len(out) == max_new_tokens:
+            break
+        logits = model(torch.tensor([[token]], device=device), cache=cache)[:, -1]
+    return out
+
+
+@dataclass(frozen=True)
+class Result:
+    task: str
+    length: int  # requested prompt length
+    tokens: int  # actual prompt length
+    depth: float
+    score: float  # 0..1
+
+
+def evaluate(model: torch.nn.Module, tokenizer: Tokenizer, tasks: Sequence[str], lengths: Sequence[int],
+             depths: Sequence[float], samples: int, prefill_chunk: int | None = None, seed: int = 0,
+             stop_ids: Sequence[int] = (), log: Callable[[str], None] | None = None) -> list[Result]:
+    """`samples` prompts per (task, length, depth), scored by string match."""
+    results = []
+    for task in tasks:
+        for length in lengths:
+            for depth in depths:
+                for i in range(samples):
+                    sample = make_sample(task, tokenizer, length, depth, seed * 100_003 + i)
+                    ids = tokenizer.encode(sample.prompt)
+                    output = tokenizer.decode(greedy(model, ids, sample.max_new_tokens, prefill_chunk, stop_ids))
+                    results.append(Result(task, length, len(ids), depth, score(sample, output)))
+                    if log:
+                        log(f"{task} length {length} ({len(ids)} tokens) depth {depth:g}: "
+                            f"{results[-1].score:.2f} {output.strip()[:60]!r}")
+    return results
+
+
+def accuracy_table(results: Sequence[Result], rows: str = "task") -> str:
+    """Markdown table of mean accuracy (%) with one column per length; rows by task or by depth."""
+    lengths = sorted({r.length for r in results})
+    cells: dict[tuple, list[float]] = defaultdict(list)
+    for r in results:
+        cells[(getattr(r, rows), r.length)].append(r.score)
+    keys = list(dict.fromkeys(getattr(r, rows) for r in results))
+    lines = [f"| {rows} | " + " | ".join(str(n) for n in lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
+    for key in keys:
+        values = [cells.get((key, n)) for n in lengths]
+        lines.append(f"| {key:g} | " if isinstance(key, float) else f"| {key} | ")
+        lines[-1] += " | ".join(f"{100 * sum(v) / len(v):.1f}" if v else "-" for v in values) + " |"
+    return "\n".join(lines)
