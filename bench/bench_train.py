@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import os
 import time
+from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -37,7 +38,8 @@ def main() -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     amp = torch_dtype(args.dtype) if args.dtype != "float32" else None
-    peak = matmul_peak_flops(torch.device("cpu"), amp or torch.float32)
+    peak = matmul_peak_flops(torch.device("cpu"), amp or torch.float32,
+                             cache=Path.home() / ".cache" / "qwen25" / "matmul_peak.json")
     print(f"{os.cpu_count()} cpus, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"load {os.getloadavg()[0]:.2f}; measured matmul peak {peak / 1e9:.0f} GFLOP/s ({args.dtype})")
     rows = []

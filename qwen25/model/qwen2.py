@@ -38,9 +38,9 @@ class Linear(nn.Linear):
 
 
 class FusedProjection:
-    """Several Linear layers that read the same input (q/k/v; gate/up), run as one matmul at inference.
+    """Several Linear layers that read the same input (q/k/v; gate/up), run as one matmul.
 
-    The layers' weights are re-pointed (`param.data = ...`) to row blocks of one contiguous matrix, so the
+    At inference the layers' weights are re-pointed (`param.data = ...`) to row blocks of one contiguous matrix, so the
     weights exist once and the Parameters, their names and the state dict stay exactly as they were. Anything
     that replaces a weight tensor (loading with `assign=True`, `.to(dtype)`) is seen by address on the next
     call and the matrix is rebuilt. Training keeps the separate layers: autograd reaches the Parameters, not
@@ -86,6 +86,13 @@ class FusedProjection:
         return self.enabled and not (torch.is_grad_enabled() and w.requires_grad) and type(w.data) is torch.Tensor
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if not self.usable():
+            # Autograd (training, FSDP, compile): concatenate the weights, a small copy next to the activations,
+            # so the input is cast once under autocast and one larger matmul replaces several.
+            weight = torch.cat([lin.weight for lin in self.linears])
+            has_bias = all(lin.bias is not None for lin in self.linears)
+            bias = torch.cat([lin.bias for lin in self.linears]) if has_bias else None
+            return F.linear(x, weight, bias).split(self.sizes, dim=-1)
         if not self._is_packed():
             self._pack()
         if x.numel() == x.shape[-1] and x.device.type == "cpu":  # one row: GEMV, see `Linear`
@@ -104,10 +111,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+        # x * rsqrt(mean(x^2) + eps) in fp32, as transformers computes it, in one fused kernel
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
 class MLP(nn.Module):
@@ -122,10 +127,7 @@ class MLP(nn.Module):
         self._gate_up = FusedProjection(self.gate_proj, self.up_proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._gate_up.usable():
-            gate, up = self._gate_up(x)
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
+        gate, up = self._gate_up(x)
         return self.down_proj(F.silu(gate) * up)
 
 
@@ -209,10 +211,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: AttentionMask,
                 cache: KVCache | None) -> torch.Tensor:
         B, T, _ = x.shape
-        if self._qkv.usable():
-            q, k, v = self._qkv(x)
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = self._qkv(x)
         q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
