@@ -4,7 +4,8 @@ A tiny Qwen2 model learns token-level passkey retrieval on sequences of L tokens
 somewhere a KEY marker followed by five digits, and at the end QUERY KEY, after which the model must emit
 the five digits. It is then asked the same at L, 2L, 4L and 8L tokens with plain RoPE, static YaRN
 (factor = the largest multiple), dynamic YaRN (factor = length / L per request) and dual chunk attention
-(chunk_size L, local_size L/8, logit scaling beyond L), and the exact-match accuracy is printed as a table.
+(chunk_size L, local_size L/8, logit scaling beyond L), and with sparse prefill (vertical-slash, small
+budgets) on top of plain RoPE and of DCA; the exact-match accuracy is printed as a table.
 
     python -m qwen25.longctx.extrapolation                 # or: qwen25 longctx extrapolate
     python -m qwen25.longctx.extrapolation --length 128 --steps 200 --samples 20   # quicker
@@ -21,13 +22,18 @@ import torch
 import torch.nn.functional as F
 
 from qwen25.longctx.configure import configure
-from qwen25.model.config import DualChunkConfig, ModelConfig
+from qwen25.longctx.sparse import SparseConfig
+from qwen25.model.config import DualChunkConfig, ModelConfig, SparseHeadPattern
 from qwen25.model.kv_cache import KVCache
 from qwen25.model.qwen2 import Qwen2ForCausalLM, build_model
 
 KEY, QUERY, FIRST_FILLER, VOCAB = 10, 11, 12, 64  # tokens 0-9 are the digits
 DIGITS = 5
-METHODS = ("plain RoPE", "static YaRN", "dynamic YaRN", "DCA")
+METHODS = ("plain RoPE", "static YaRN", "dynamic YaRN", "DCA", "plain RoPE + sparse", "DCA + sparse")
+# Sparse prefill sized for these short prompts (MInference's budgets assume 100K+): 32 columns and 64 diagonals
+# per head in 16-token blocks (DCA's chunk minus local window, 112, must be a whole number of blocks), from the last 64 queries, from the first token on; at 8L = 1024 a query sees
+# about an eighth of the keys.
+SPARSE_DEMO = SparseHeadPattern("vertical_and_slash", 32, 64)
 
 
 def make_batch(batch: int, length: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,8 +92,14 @@ def use_method(model: Qwen2ForCausalLM, method: str, length: int, largest_multip
     elif method == "dynamic YaRN":
         configure(model, rope="dynamic-yarn", attention="dense", yarn={"original_max_position_embeddings": length})
     else:
-        configure(model, rope="plain", attention="dca", dual_chunk=DualChunkConfig(
-            chunk_size=length, local_size=length // 8, original_max_position_embeddings=length))
+        cfg = model.config
+        sparse = SparseConfig(((SPARSE_DEMO,) * cfg.num_attention_heads,) * cfg.num_hidden_layers, threshold=0,
+                              block=16) if method.endswith("sparse") else None
+        if method.startswith("plain RoPE"):
+            configure(model, rope="plain", attention="sparse", sparse=sparse)
+        else:
+            configure(model, rope="plain", attention="dca", sparse=sparse, dual_chunk=DualChunkConfig(
+                chunk_size=length, local_size=length // 8, original_max_position_embeddings=length))
 
 
 @torch.inference_mode()
