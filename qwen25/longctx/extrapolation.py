@@ -31,7 +31,7 @@ KEY, QUERY, FIRST_FILLER, VOCAB = 10, 11, 12, 64  # tokens 0-9 are the digits
 DIGITS = 5
 METHODS = ("plain RoPE", "static YaRN", "dynamic YaRN", "DCA", "plain RoPE + sparse", "DCA + sparse")
 # Sparse prefill sized for these short prompts (MInference's budgets assume 100K+): 32 columns and 64 diagonals
-# per head in 16-token blocks (DCA's chunk minus local window, 112, must be a whole number of blocks), from the last 64 queries, from the first token on; at 8L = 1024 a query sees
+# per head in 16-token blocks (fewer when DCA's chunk minus local window is not a multiple of 16), from the last 64 queries, from the first token on; at 8L = 1024 a query sees
 # about an eighth of the keys.
 SPARSE_DEMO = SparseHeadPattern("vertical_and_slash", 32, 64)
 
@@ -94,7 +94,7 @@ def use_method(model: Qwen2ForCausalLM, method: str, length: int, largest_multip
     else:
         cfg = model.config
         sparse = SparseConfig(((SPARSE_DEMO,) * cfg.num_attention_heads,) * cfg.num_hidden_layers, threshold=0,
-                              block=16) if method.endswith("sparse") else None
+                              block=math.gcd(16, length - length // 8)) if method.endswith("sparse") else None
         if method.startswith("plain RoPE"):
             configure(model, rope="plain", attention="sparse", sparse=sparse)
         else:
