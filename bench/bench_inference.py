@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_inference.py            # bf16 and fp32, batch 1 and 8
     .venv/bin/python bench/bench_inference.py --dtypes bfloat16 --batches 1
 
-Figures are from the best of --repeats runs (medians printed too). Both libraries get the same weights and go through their own `generate` (greedy, no stop token), so the
+Figures are from the best of --repeats runs, the two libraries interleaved run by run (medians printed too). Both libraries get the same weights and go through their own `generate` (greedy, no stop token), so the
 figures include each one's per-step overhead. Prefill rate = prompt tokens / time to first token; decode rate
 = new tokens / (time(1 + N new tokens) - time(1 new token)). Also prints the DRAM read bandwidth and the
 batch-1 decode cap it implies (every weight byte read once per token).
@@ -91,17 +91,24 @@ def main() -> None:
                 return lambda: hf.generate(prompts, attention_mask=torch.ones_like(prompts), **kw)
 
             with torch.inference_mode():
-                for name, run in (("qwen25", ours_run), ("transformers", hf_run)):
+                runs = {"qwen25": ours_run, "transformers": hf_run}
+                for run in runs.values():
                     run(2)()  # warm-up
-                    first_best, first_med = timed(run(1), args.repeats)
-                    all_best, all_med = timed(run(1 + args.new_tokens), args.repeats)
-                    prefill = batch * args.prompt_len / first_best
-                    decode = batch * args.new_tokens / (all_best - first_best)
-                    decode_med = batch * args.new_tokens / (all_med - first_med)
+                # interleave the two libraries repeat by repeat, so bursts of outside load hit both alike
+                first = {name: [] for name in runs}
+                full = {name: [] for name in runs}
+                for _ in range(args.repeats):
+                    for name, run in runs.items():
+                        first[name].append(timed(run(1), 1)[0])
+                        full[name].append(timed(run(1 + args.new_tokens), 1)[0])
+                for name in runs:
+                    prefill = batch * args.prompt_len / min(first[name])
+                    decode = batch * args.new_tokens / (min(full[name]) - min(first[name]))
+                    decode_med = batch * args.new_tokens / (statistics.median(full[name]) - statistics.median(first[name]))
                     rows.append((dt, batch, name, prefill, decode))
                     print(f"{dt:9s} batch {batch}  {name:12s}  prefill {prefill:8.1f} tok/s   decode {decode:7.2f} tok/s"
-                          f"  (medians: prefill {batch * args.prompt_len / first_med:.1f}, decode {decode_med:.2f})",
-                          flush=True)
+                          f"  (medians: prefill {batch * args.prompt_len / statistics.median(first[name]):.1f}, "
+                          f"decode {decode_med:.2f})", flush=True)
         ours32 = ours.float()
         hf32 = hf.float()
 
