@@ -11,23 +11,10 @@ from __future__ import annotations
 
 import os
 import time
-import unicodedata
 
 from qwen25.data import sources
 from qwen25.tokenizer import CONTROL_TOKENS, PAT, load_tokenizer
 from qwen25.tokenizer.official import find_tiktoken_file, load_tiktoken_ranks
-
-
-def corpus(n_bytes_each: int = 1_500_000) -> list[str]:
-    docs = []
-    for reader in (sources.python_stdlib, sources.nlp_corpus_english, sources.people_daily):
-        size = 0
-        for doc in reader():
-            docs.append(unicodedata.normalize("NFC", doc))
-            size += len(doc.encode())
-            if size >= n_bytes_each:
-                break
-    return docs
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -45,7 +32,7 @@ def main() -> None:
     tok = load_tokenizer("qwen2.5")
     enc = tiktoken.Encoding("qwen", pat_str=PAT, mergeable_ranks=load_tiktoken_ranks(find_tiktoken_file()),
                             special_tokens={t: 151643 + i for i, t in enumerate(CONTROL_TOKENS)})
-    docs = corpus()
+    docs = sources.mixed_sample(1_500_000)
     mb = sum(len(d.encode()) for d in docs) / 1e6
     assert tok.encode_batch(docs) == enc.encode_ordinary_batch(docs), "ids differ"
     print(f"{len(docs)} documents, {mb:.1f} MB (code, English, Chinese); {os.cpu_count()} cpus, "

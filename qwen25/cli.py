@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="start over in the run's directory (its checkpoints and report are deleted; data kept)")
     p.set_defaults(func=cmd_pretrain_run)
     p = pre.add_parser("export", help="write an HF model directory from a training checkpoint")
-    p.add_argument("--checkpoint", required=True, help="runs/NAME/checkpoints/step-XXXXXXXX")
+    p.add_argument("--checkpoint", required=True, help="e.g. runs/tiny/checkpoints/step-00000691")
     p.add_argument("--out", required=True)
     p.add_argument("--tokenizer", help="tokenizer to copy beside the model (default: the run's)")
     p.set_defaults(func=cmd_pretrain_export)

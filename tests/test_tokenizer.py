@@ -17,19 +17,6 @@ def tok():
     return load_tokenizer("qwen2.5")
 
 
-def mixed_text(n_bytes_each: int) -> list[str]:
-    """Real code, English and Chinese documents, about n_bytes_each of each."""
-    out = []
-    for reader in (sources.python_stdlib, sources.nlp_corpus_english, sources.python_docs, sources.people_daily):
-        size = 0
-        for doc in reader():
-            out.append(unicodedata.normalize("NFC", doc))
-            size += len(doc.encode())
-            if size >= n_bytes_each:
-                break
-    return out
-
-
 def test_reference_ids(tok):
     assert tok.encode("Hello world, 你好世界!") == [9707, 1879, 11, 220, 108386, 99489, 0]
 
@@ -50,7 +37,7 @@ def test_ids_equal_tiktoken_on_2mb_of_real_text(tok):
 
     enc = tiktoken.Encoding("qwen", pat_str=PAT, mergeable_ranks=load_tiktoken_ranks(find_tiktoken_file()),
                             special_tokens={t: 151643 + i for i, t in enumerate(CONTROL_TOKENS)})
-    docs = mixed_text(700_000)
+    docs = sources.mixed_sample(700_000, ("python_stdlib", "nlp_corpus", "python_docs", "people_daily"))
     assert sum(len(d.encode()) for d in docs) >= 2_000_000
     ours = tok.encode_batch(docs)
     theirs = enc.encode_ordinary_batch(docs)

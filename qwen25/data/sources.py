@@ -201,3 +201,19 @@ def source_license(reader: str) -> str:
     if archive is None:
         return "PSF-2.0 (Python standard library / documentation on this machine)"
     return ARCHIVES[archive].license
+
+
+def mixed_sample(n_bytes_each: int, readers: tuple[str, ...] = ("python_stdlib", "nlp_corpus", "people_daily")) -> list[str]:
+    """About `n_bytes_each` of each reader's documents, NFC-normalised: real code, English and Chinese text
+    for tokenizer tests and benchmarks."""
+    import unicodedata
+
+    docs = []
+    for name in readers:
+        size = 0
+        for doc in READERS[name][1]():
+            docs.append(unicodedata.normalize("NFC", doc))
+            size += len(doc.encode())
+            if size >= n_bytes_each:
+                break
+    return docs
