@@ -88,7 +88,7 @@ def main() -> None:
             rows.append((preset, params, name, tps, fpt * tps / peak))
             print(f"{preset:12s} {params / 1e6:5.1f}M  {name:12s} {tps:9,.0f} tokens/s  MFU {100 * fpt * tps / peak:5.1f}%",
                   flush=True)
-    print(f"\n| config | params | qwen25 tokens/s | MFU | transformers tokens/s | MFU | ratio |")
+    print("\n| config | params | qwen25 tokens/s | MFU | transformers tokens/s | MFU | ratio |")
     print("|---|---|---|---|---|---|---|")
     for preset in args.presets:
         o = next(r for r in rows if r[0] == preset and r[2] == "qwen25")

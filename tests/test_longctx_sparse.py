@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from qwen25.longctx import DualChunkConfig, SparseConfig, configure, load_patterns, prefill
-from qwen25.longctx.sparse import Selection, SparseAttention, a_shape, sparse_attend, vertical_slash
+from qwen25.longctx.sparse import Selection, a_shape, sparse_attend, vertical_slash
 from qwen25.model import KVCache, ModelConfig, build_model
 from qwen25.model.config import SparseHeadPattern
 
