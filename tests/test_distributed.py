@@ -1,5 +1,5 @@
-"""The same trainer under torchrun: 2 gloo processes with FSDP2 follow the 1-process loss curve, and a
-checkpoint saved by 2 processes resumes in 1."""
+"""The same trainer under torchrun: 2 gloo processes with FSDP2 (and with DDP) follow the 1-process loss
+curve, and a checkpoint saved by 2 processes resumes in 1."""
 
 import json
 import shutil
@@ -17,7 +17,7 @@ def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
                            "-m", "qwen25.cli", *args], capture_output=True, text=True, timeout=900)
 
 
-@pytest.mark.parametrize("parallel", ["fsdp"])
+@pytest.mark.parametrize("parallel", ["fsdp", "ddp"])
 def test_two_process_fsdp_matches_one_process(prepared, tmp_path, parallel):  # noqa: F811
     one, two = tmp_path / "one", tmp_path / "two"
     for d in (one, two):
