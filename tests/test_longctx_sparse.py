@@ -213,3 +213,17 @@ def test_partial_attention_portable_path_equals_the_cpu_kernel(causal, with_bias
         assert torch.isinf(lse[0, :, 3]).all() and (out[0, :, 3] == 0).all()
         merged, merged_lse = merge_with_lse([(out, lse), (out, lse)])
         assert (merged - out).abs().max() <= 1e-6 and torch.isinf(merged_lse[0, :, 3]).all()
+
+
+def test_partial_attention_accepts_inputs_whose_head_dim_is_strided():
+    """Projections can hand attention views whose last dim is not unit-stride (e.g. the transposed output of
+    a few-row decode matmul); PyTorch's private CPU flash kernel would read them wrongly."""
+    from qwen25.longctx.partial import _attend_math, attend
+
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(1, n, 40, 32, generator=g)[..., ::2] for n in (4, 2, 2))  # head_dim 16, stride 2
+    assert q.stride(-1) == 2
+    for causal in (True, False):
+        out, lse = attend(q, k, v, causal, 0.25)
+        ref_out, ref_lse = _attend_math(q, k, v, causal, 0.25)
+        assert (out - ref_out).abs().max() <= 1e-5 and (lse - ref_lse).abs().max() <= 1e-5

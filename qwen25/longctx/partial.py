@@ -33,6 +33,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scal
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     elif groups > 1:  # no mask, so each kv head's query group can share one call as extra rows
         q = q.reshape(B, k.shape[1], groups * T, D)
+    # The kernel reads the head dimension as unit-stride; public SDPA checks that, the private op does not.
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         q, k, v, 0.0, causal, attn_mask=bias, scale=scale)[:2]
     out, lse = out.reshape(B, H, T, D), lse.reshape(B, H, T).float()

@@ -24,17 +24,34 @@ if TYPE_CHECKING:
     from qwen25.model.moe import RouterStats
 
 
+SKINNY_ROWS = 16  # up to this many rows, CPU matmuls stream the weight faster as W @ x.T than as x @ W.T
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear, with the few-row shapes of CPU decoding sent to the kernels that stream weights fastest.
+
+    Decoding reads every weight once per step for one row (batch 1) or a few (batched decode), so its speed
+    is the weight read rate. On CPU, one row runs as `torch.mv` (about 1.7x the read rate of the GEMM path
+    `F.linear` takes), and 2-16 rows as `weight @ x.T` (oneDNN picks a kernel for a tall output that reads
+    the weight about 1.25x faster than for `x @ weight.T`); see docs/benchmarks.md.
+    """
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if x.device.type != "cpu" or not 0 < rows <= SKINNY_ROWS:
+        return F.linear(x, weight, bias)
+    if rows == 1:
+        flat = x.reshape(-1)
+        y = torch.mv(weight, flat) if bias is None else torch.addmv(bias, weight, flat)
+        return y.view(*x.shape[:-1], -1)
+    xt = x.reshape(rows, -1).t()
+    y = weight @ xt if bias is None else torch.addmm(bias[:, None], weight, xt)
+    return y.t().contiguous().view(*x.shape[:-1], -1)  # row-major like F.linear: kernels downstream expect it
+
+
 class Linear(nn.Linear):
-    """nn.Linear whose one-row case on CPU runs as a GEMV: PyTorch's CPU `mv` streams bf16 weights at DRAM
-    speed, about 1.7x faster than the GEMM path `F.linear` takes for a single row (batch-1 decode)."""
+    """nn.Linear whose CPU decode shapes take the faster kernels of `linear`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() == self.in_features and x.device.type == "cpu":
-            y = torch.mv(self.weight, x.reshape(-1))
-            if self.bias is not None:
-                y = y + self.bias
-            return y.view(*x.shape[:-1], self.out_features)
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class FusedProjection:
@@ -95,13 +112,7 @@ class FusedProjection:
             return F.linear(x, weight, bias).split(self.sizes, dim=-1)
         if not self._is_packed():
             self._pack()
-        if x.numel() == x.shape[-1] and x.device.type == "cpu":  # one row: GEMV, see `Linear`
-            flat = x.reshape(-1)
-            y = torch.mv(self.weight, flat) if self.bias is None else torch.addmv(self.bias, self.weight, flat)
-            y = y.view(*x.shape[:-1], -1)
-        else:
-            y = F.linear(x, self.weight, self.bias)
-        return y.split(self.sizes, dim=-1)
+        return linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
 
 
 class RMSNorm(nn.Module):
