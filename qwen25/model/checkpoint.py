@@ -4,8 +4,8 @@ shards with model.safetensors.index.json).
 Keys are the model's own parameter names, so there is no mapping layer, with one exception: MoE layers keep
 their routed experts stacked input-major in memory (`mlp.experts.gate_up` [E, H, 2I], `mlp.experts.down`
 [E, I, H]) while HF checkpoints hold one [out, in] matrix per expert (`mlp.experts.{e}.gate_proj.weight`
-[I, H], `up_proj` [I, H], `down_proj` [H, I]); `hf_tensor_shapes`, `to_hf_tensors` and `from_hf_tensors`
-convert between the two. Every problem with a checkpoint is reported as a `CheckpointError` naming the file and
+[I, H], `up_proj` [I, H], `down_proj` [H, I]); `to_hf_tensors` and `from_hf_tensors` convert between the
+two. Every problem with a checkpoint is reported as a `CheckpointError` naming the file and
 the HF key; every file is written atomically.
 """
 
@@ -61,25 +61,6 @@ def _open(path: Path):
         raise CheckpointError(f"{path}: cannot read safetensors file, it may be truncated or corrupt ({e})") from None
 
 
-def hf_tensor_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
-    """Every tensor an HF checkpoint of `model` holds, with its shape (stacked experts as per-expert keys)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for key, value in model.state_dict().items():
-        match = _STACKED_EXPERTS.match(key)
-        if match is None:
-            shapes[key] = tuple(value.shape)
-            continue
-        prefix, name = match.groups()
-        num_experts, fan_in, fan_out = value.shape
-        for e in range(num_experts):
-            if name == "gate_up":
-                shapes[f"{prefix}.{e}.gate_proj.weight"] = shapes[f"{prefix}.{e}.up_proj.weight"] = (fan_out // 2,
-                                                                                                     fan_in)
-            else:
-                shapes[f"{prefix}.{e}.down_proj.weight"] = (fan_out, fan_in)
-    return shapes
-
-
 def to_hf_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A model state dict with stacked experts split into the per-expert HF keys (views, not copies)."""
     out: dict[str, torch.Tensor] = {}
@@ -122,7 +103,7 @@ def load_state_dict(directory: str | Path, model: torch.nn.Module, dtype: torch.
     """Read and check every tensor `model` expects: no missing, unexpected or mis-shaped keys."""
     directory = Path(directory)
     files = weight_files(directory)
-    expected = hf_tensor_shapes(model)
+    expected = {k: tuple(v.shape) for k, v in to_hf_tensors(model.state_dict()).items()}  # views, no copies
     tied = getattr(model.config, "tie_word_embeddings", False)
     if tied:
         expected.pop("lm_head.weight", None)  # tied checkpoints may omit it; if present it is ignored

@@ -28,7 +28,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # d loss / d logits for every row, kept in the matmul dtype for one weight-gradient matmul at the end
         grad_logits = torch.empty((n, vocab), dtype=compute_dtype, device=hidden.device) if need_w else None
         # two chunk buffers reused across chunks: fresh multi-MB allocations page-fault on every touch on CPU
-        raw = torch.empty((min(chunk_rows, n), vocab), dtype=compute_dtype, device=hidden.device)
+        # `raw` holds matmul-dtype logits (bf16 runs) or, when no weight gradient is stored, the chunk's gradient
+        need_raw = compute_dtype != torch.float32 or (need_h and not need_w)
+        raw = torch.empty((min(chunk_rows, n), vocab), dtype=compute_dtype, device=hidden.device) if need_raw else None
         work = torch.empty((min(chunk_rows, n), vocab), dtype=torch.float32, device=hidden.device)
         for start in range(0, n, chunk_rows):
             h = h_all[start:start + chunk_rows]

@@ -141,7 +141,7 @@ def router_stats(model: nn.Module) -> RouterStats | None:
     e, both averaged over layers and real tokens, aux = E * sum_e f_e * P_e. Padding (0 in the attention mask
     of that forward) counts in neither.
     """
-    decoder = model.model if hasattr(model, "model") else model
+    decoder = model.model
     found = [(i, layer.mlp) for i, layer in enumerate(decoder.layers) if isinstance(layer.mlp, SparseMoeBlock)]
     if not found or found[0][1].router_probs is None:
         return None
@@ -156,11 +156,12 @@ def router_stats(model: nn.Module) -> RouterStats | None:
         counts.append(torch.bincount(selected.reshape(-1), minlength=num_experts))
         prob_sums.append(probs.sum(dim=0))
     rows = (num_tokens if real is None else int(real.sum())) * len(found)
-    share = torch.stack(counts).sum(dim=0).float() / rows  # f_e
+    tokens_per_expert = torch.stack(counts)
+    share = tokens_per_expert.sum(dim=0).float() / rows  # f_e
     mean_prob = torch.stack(prob_sums).sum(dim=0) / rows  # P_e
     aux = num_experts * (share * mean_prob).sum()
     return RouterStats(aux_loss=aux, aux_loss_coef=model.config.router_aux_loss_coef,
-                       tokens_per_expert=torch.stack(counts), layers=[i for i, _ in found])
+                       tokens_per_expert=tokens_per_expert, layers=[i for i, _ in found])
 
 
 def count_activated_parameters(model: nn.Module) -> int:

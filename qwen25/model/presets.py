@@ -61,27 +61,31 @@ def _dense(size: str, instruct: bool) -> tuple[ModelConfig, dict[str, Any]]:
         rope_theta=1_000_000.0, bos_token_id=ENDOFTEXT, eos_token_id=IM_END if instruct else ENDOFTEXT,
         dtype="bfloat16",
     )
-    if instruct:
-        small = size in ("0.5b", "1.5b", "3b")
-        gen = {"bos_token_id": ENDOFTEXT, "pad_token_id": ENDOFTEXT, "do_sample": True,
-               "eos_token_id": [IM_END, ENDOFTEXT], "repetition_penalty": 1.1 if small else 1.05,
-               "temperature": 0.7, "top_p": 0.8, "top_k": 20}
-    else:
-        gen = {"bos_token_id": ENDOFTEXT, "do_sample": False, "eos_token_id": ENDOFTEXT, "max_new_tokens": 2048}
-    return cfg, gen
+    return cfg, _generation_config(instruct, repetition_penalty=1.1 if size in ("0.5b", "1.5b", "3b") else 1.05)
+
+
+def _generation_config(chat: bool, repetition_penalty: float) -> dict[str, Any]:
+    """generation_config.json of the released checkpoints: chat models sample and stop on either end token."""
+    if chat:
+        return {"bos_token_id": ENDOFTEXT, "pad_token_id": ENDOFTEXT, "do_sample": True,
+                "eos_token_id": [IM_END, ENDOFTEXT], "repetition_penalty": repetition_penalty,
+                "temperature": 0.7, "top_p": 0.8, "top_k": 20}
+    return {"bos_token_id": ENDOFTEXT, "do_sample": False, "eos_token_id": ENDOFTEXT, "max_new_tokens": 2048}
 
 
 def _small(name: str) -> tuple[ModelConfig, dict[str, Any]]:
-    vocab, hidden, inter, layers, heads, kv, max_pos = _SMALL[name]
+    return _small_config(*_SMALL[name]), {"do_sample": False}
+
+
+def _small_config(vocab: int, hidden: int, inter: int, layers: int, heads: int, kv: int, max_pos: int) -> ModelConfig:
     # Control tokens sit right after the regular vocabulary (the tokenizer decides the exact ids), so the
     # small presets leave bos/eos unset until a tokenizer is attached.
-    cfg = ModelConfig(
+    return ModelConfig(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv, tie_word_embeddings=True,
         max_position_embeddings=max_pos, rope_theta=10_000.0, bos_token_id=None, eos_token_id=None,
         dtype="float32",
     )
-    return cfg, {"do_sample": False}
 
 
 def _moe(name: str, chat: bool) -> tuple[ModelConfig, dict[str, Any]]:
@@ -95,24 +99,14 @@ def _moe(name: str, chat: bool) -> tuple[ModelConfig, dict[str, Any]]:
         shared_expert_intermediate_size=shared_inter, norm_topk_prob=False, decoder_sparse_step=1,
         router_aux_loss_coef=0.001,
     )
-    if chat:
-        gen = {"bos_token_id": ENDOFTEXT, "pad_token_id": ENDOFTEXT, "do_sample": True,
-               "eos_token_id": [IM_END, ENDOFTEXT], "repetition_penalty": 1.05, "temperature": 0.7, "top_p": 0.8,
-               "top_k": 20}
-    else:
-        gen = {"bos_token_id": ENDOFTEXT, "do_sample": False, "eos_token_id": ENDOFTEXT, "max_new_tokens": 2048}
-    return cfg, gen
+    return cfg, _generation_config(chat, repetition_penalty=1.05)
 
 
 def _small_moe(name: str) -> tuple[ModelConfig, dict[str, Any]]:
     vocab, hidden, inter, layers, heads, kv, experts, top_k, moe_inter, shared_inter, max_pos = _SMALL_MOE[name]
-    cfg = ModelConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv, tie_word_embeddings=True,
-        max_position_embeddings=max_pos, rope_theta=10_000.0, bos_token_id=None, eos_token_id=None,
-        dtype="float32", num_experts=experts, num_experts_per_tok=top_k, moe_intermediate_size=moe_inter,
-        shared_expert_intermediate_size=shared_inter,
-    )
+    cfg = _small_config(vocab, hidden, inter, layers, heads, kv, max_pos).replace(
+        num_experts=experts, num_experts_per_tok=top_k, moe_intermediate_size=moe_inter,
+        shared_expert_intermediate_size=shared_inter)
     return cfg, {"do_sample": False}
 
 

@@ -69,33 +69,32 @@ class FusedProjection:
         self.sizes = [lin.out_features for lin in linears]
         self.weight: torch.Tensor | None = None
         self.bias: torch.Tensor | None = None
+        self._packed_at: list[tuple[int, int | None]] = []  # the layers' (weight, bias) addresses when packed
         self.enabled = True  # trainers turn this off: FSDP and torch.compile own the parameter storage
 
+    def _concat(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The layers' weights stacked row-wise, and their biases if every layer has one."""
+        weight = torch.cat([lin.weight for lin in self.linears])
+        has_bias = all(lin.bias is not None for lin in self.linears)
+        return weight, torch.cat([lin.bias for lin in self.linears]) if has_bias else None
+
+    def _addresses(self) -> list[tuple[int, int | None]]:
+        return [(lin.weight.data_ptr(), None if lin.bias is None else lin.bias.data_ptr()) for lin in self.linears]
+
     def _is_packed(self) -> bool:
-        if self.weight is None:
-            return False
-        row = 0
-        for lin in self.linears:
-            w = lin.weight
-            if w.dtype != self.weight.dtype or w.device != self.weight.device or \
-                    w.data_ptr() != self.weight[row].data_ptr():
-                return False
-            if lin.bias is not None and lin.bias.data_ptr() != self.bias[row].data_ptr():
-                return False
-            row += lin.out_features
-        return True
+        # The packed matrix keeps the old storage alive, so a replaced weight always has a new address.
+        return self.weight is not None and self._addresses() == self._packed_at
 
     @torch.no_grad()
     def _pack(self) -> None:
-        self.weight = torch.cat([lin.weight for lin in self.linears])
-        has_bias = [lin.bias is not None for lin in self.linears]
-        self.bias = torch.cat([lin.bias for lin in self.linears]) if all(has_bias) else None
+        self.weight, self.bias = self._concat()
         row = 0
         for lin in self.linears:
             lin.weight.data = self.weight[row:row + lin.out_features]
             if self.bias is not None:
                 lin.bias.data = self.bias[row:row + lin.out_features]
             row += lin.out_features
+        self._packed_at = self._addresses()
 
     def usable(self) -> bool:
         """True when no gradient is wanted and the weights are plain local tensors (not sharded DTensors)."""
@@ -106,10 +105,7 @@ class FusedProjection:
         if not self.usable():
             # Autograd (training, FSDP, compile): concatenate the weights, a small copy next to the activations,
             # so the input is cast once under autocast and one larger matmul replaces several.
-            weight = torch.cat([lin.weight for lin in self.linears])
-            has_bias = all(lin.bias is not None for lin in self.linears)
-            bias = torch.cat([lin.bias for lin in self.linears]) if has_bias else None
-            return F.linear(x, weight, bias).split(self.sizes, dim=-1)
+            return F.linear(x, *self._concat()).split(self.sizes, dim=-1)
         if not self._is_packed():
             self._pack()
         return linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
