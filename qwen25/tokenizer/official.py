@@ -22,7 +22,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 from tokenizers.models import BPE
 
-from qwen25.io import atomic_write_bytes
+from qwen25.io import atomic_write_bytes, cache_dir
 from qwen25.tokenizer.core import QwenTokenizer, add_control_tokens, apply_byte_level_pipeline, tokenizer_config
 
 QWEN_AGENT_VERSION = "0.0.34"
@@ -31,13 +31,13 @@ TIKTOKEN_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33
 NUM_REGULAR = 151643
 
 
-def cache_dir() -> Path:
-    """Per-machine cache (QWEN25_CACHE, else ~/.cache/qwen25)."""
-    return Path(os.environ.get("QWEN25_CACHE") or Path.home() / ".cache" / "qwen25")
-
-
 def wheel_dir() -> Path:
     return cache_dir() / "wheels"
+
+
+def qwen_agent_wheels() -> list[Path]:
+    """The downloaded qwen-agent wheels of the pinned version (empty until `fetch_sources` has run)."""
+    return sorted(wheel_dir().glob(f"qwen_agent-{QWEN_AGENT_VERSION}-*.whl"))
 
 
 def official_dir() -> Path:
@@ -63,7 +63,7 @@ def find_tiktoken_file() -> Path:
     cached = cache_dir() / "qwen.tiktoken"
     if cached.is_file():
         return cached
-    wheels = sorted(wheel_dir().glob(f"qwen_agent-{QWEN_AGENT_VERSION}-*.whl"))
+    wheels = qwen_agent_wheels()
     if not wheels:
         raise FileNotFoundError(
             f"qwen.tiktoken not found in {cache_dir()}. Fetch it once with\n"
@@ -82,7 +82,7 @@ def load_tiktoken_ranks(path: str | Path) -> dict[bytes, int]:
     if digest != TIKTOKEN_SHA256:
         raise ValueError(f"{path}: sha256 {digest} is not the pinned qwen.tiktoken ({TIKTOKEN_SHA256})")
     ranks = {}
-    for line_no, line in enumerate(data.splitlines(), 1):
+    for line in data.splitlines():
         token, rank = line.split()
         ranks[base64.b64decode(token)] = int(rank)
     if sorted(ranks.values()) != list(range(NUM_REGULAR)):

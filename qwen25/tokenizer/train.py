@@ -7,7 +7,6 @@ with it uses the chat format, FIM helpers and checkpoints unchanged.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 
+from qwen25.io import iter_jsonl_lines
 from qwen25.tokenizer.core import CONTROL_TOKENS, QwenTokenizer, add_control_tokens, apply_byte_level_pipeline, tokenizer_config
 
 
@@ -22,17 +22,10 @@ def iter_texts(paths: Iterable[str | Path], jsonl_field: str = "text") -> Iterat
     """Documents from plain-text files (one document per file) or JSONL files (one per line)."""
     for path in map(Path, paths):
         if path.suffix == ".jsonl":
-            with path.open(encoding="utf-8") as f:
-                for line_no, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        doc = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-                    if not isinstance(doc, dict) or not isinstance(doc.get(jsonl_field), str):
-                        raise ValueError(f"{path}:{line_no}: expected an object with a string '{jsonl_field}' field")
-                    yield doc[jsonl_field]
+            for line_no, doc in iter_jsonl_lines(path):
+                if not isinstance(doc, dict) or not isinstance(doc.get(jsonl_field), str):
+                    raise ValueError(f"{path}:{line_no}: expected an object with a string '{jsonl_field}' field")
+                yield doc[jsonl_field]
         else:
             yield path.read_text(encoding="utf-8", errors="replace")
 
