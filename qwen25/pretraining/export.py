@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from qwen25.model import ModelConfig, build_model
-from qwen25.tokenizer import load_tokenizer
+from qwen25.tokenizer import QwenTokenizer, load_tokenizer
 from qwen25.training.checkpoint import TRAINER_STATE, load_checkpoint
 
 
@@ -20,10 +20,15 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, tokenizer: str | 
     model = build_model(cfg, device="cpu")
     model.set_fused_projections(False)
     load_checkpoint(checkpoint, model, optimizer=None)
-    eot = cfg.eos_token_id
-    model.generation_config = {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}
-    model.save_pretrained(out)
     run_dir = checkpoint.parent.parent
     tok_dir = tokenizer or state["recipe"]["tokenizer"]["path"] or run_dir / "tokenizer"
-    load_tokenizer(tok_dir).save(out)
+    save_hf(model, load_tokenizer(tok_dir), out, cfg.eos_token_id)
     return out
+
+
+def save_hf(model, tok: QwenTokenizer, out: Path, eot: int) -> None:
+    """Model, generation config and tokenizer in one directory: what from_pretrained and HF tools expect.
+    Pretraining has one end-of-text token, so it is also bos and pad."""
+    model.generation_config = {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}
+    model.save_pretrained(out)
+    tok.save(out)

@@ -17,6 +17,7 @@ from qwen25.data.shards import ShardSet, build_shards
 from qwen25.generation import SamplingParams, generate
 from qwen25.io import atomic_write_text
 from qwen25.model import build_model, from_pretrained
+from qwen25.pretraining.export import save_hf
 from qwen25.pretraining.recipe import Recipe
 from qwen25.pretraining.report import write_report
 from qwen25.pretraining.trainer import Pretrainer
@@ -74,8 +75,12 @@ def prepare_tokenizer(recipe: Recipe, corpus: Path, log) -> QwenTokenizer:
 def _interleave_domains(jsonl: Path, n_bytes: int):
     """An even share of every domain, so a small budget does not train the tokenizer on code alone."""
     by_domain: dict[str, list[str]] = {}
+    stored: dict[str, int] = {}
     for doc in read_jsonl(jsonl):
-        by_domain.setdefault(doc["domain"], []).append(doc["text"])
+        docs = by_domain.setdefault(doc["domain"], [])
+        if not docs or stored[doc["domain"]] < n_bytes:  # a share is at most n_bytes: keep no more than that
+            docs.append(doc["text"])
+            stored[doc["domain"]] = stored.get(doc["domain"], 0) + len(doc["text"].encode())
     share = n_bytes // max(len(by_domain), 1)
     for docs in by_domain.values():
         size = 0
@@ -111,10 +116,7 @@ def export_hf(trainer: Pretrainer, tok: QwenTokenizer, out: Path, info: DistInfo
         model = build_model(trainer.inner.config, device="cpu")
         model.load_state_dict(state, strict=False)
         model.tie_weights()
-        model.generation_config = {"bos_token_id": tok.endoftext_id, "eos_token_id": tok.endoftext_id,
-                                   "pad_token_id": tok.endoftext_id}
-        model.save_pretrained(out)
-        tok.save(out)
+        save_hf(model, tok, out, tok.endoftext_id)
 
 
 def samples(model, tok: QwenTokenizer, seed: int, max_new_tokens: int = 48) -> list[dict]:
@@ -150,11 +152,11 @@ def run_pipeline(recipe: Recipe, resume: bool = False, fresh: bool = False) -> P
             timings["data"] = time.perf_counter() - t
         barrier(info)
         if not info.main:
-            corpus = recipe.directory / "data" / "corpus"
             tok = load_tokenizer(recipe.tokenizer.path or recipe.directory / "tokenizer")
             train_dir, heldout_dir = (recipe.directory / "data" / "shards" / s for s in ("train", "heldout"))
-        train_shards = ShardSet.open(train_dir, tokenizer=tok)
-        heldout_shards = ShardSet.open(heldout_dir, tokenizer=tok)
+        verify = info.local_rank == 0  # one hashing pass per machine: the ranks on it share the files
+        train_shards = ShardSet.open(train_dir, tokenizer=tok, verify_hashes=verify)
+        heldout_shards = ShardSet.open(heldout_dir, tokenizer=tok, verify_hashes=verify)
 
         t = time.perf_counter()
         trainer = Pretrainer(recipe, tok, train_shards, heldout_shards, info, resume=resume, log=log)

@@ -85,14 +85,13 @@ class Pretrainer:
                                       cache=Path.home() / ".cache" / "qwen25" / "matmul_peak.json")
         self.state = {"step": 0, "stage": 0, "stage_step": 0, "tokens": 0, "loader": None}
         self.router_log: dict = {}
-        if resume:
-            found = checkpoints(self.dir / "checkpoints")
-            if found:
-                self.state = load_checkpoint(found[-1], self.model, self.optimizer)
-                self.metrics.truncate_after(self.state["step"]) if info.main else None
-                log(f"resumed from {found[-1]} at step {self.state['step']} (stage {self.state['stage']})")
-        elif info.main and self.metrics.path.exists():
-            self.metrics.path.unlink()
+        found = checkpoints(self.dir / "checkpoints") if resume else []
+        if found:
+            self.state = load_checkpoint(found[-1], self.model, self.optimizer)
+            self.metrics.truncate_after(self.state["step"]) if info.main else None
+            log(f"resumed from {found[-1]} at step {self.state['step']} (stage {self.state['stage']})")
+        elif info.main:  # a fresh start, --resume with no checkpoint yet included: no stale records
+            self.metrics.path.unlink(missing_ok=True)
 
     @property
     def inner(self) -> Qwen2ForCausalLM:
@@ -110,14 +109,15 @@ class Pretrainer:
                               position_ids=None if mb.position_ids is None else mb.position_ids.to(d),
                               segment_ids=None if mb.segment_ids is None else mb.segment_ids.to(d))
 
-    def _no_sync(self, last: bool):
-        """Skip the gradient all-reduce on all but the last micro-batch of a step."""
-        if last or not self.info.enabled:
+    def _grad_sync(self, last: bool):
+        """Reduce gradients only on the last micro-batch of a step; the one place that switches it, for DDP
+        (a context) and FSDP2 (a flag that stays set until changed)."""
+        if not self.info.enabled:
             return contextlib.nullcontext()
         if isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
-            return self.model.no_sync()
+            return contextlib.nullcontext() if last else self.model.no_sync()
         if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2
-            self.model.set_requires_gradient_sync(False)
+            self.model.set_requires_gradient_sync(last)
         return contextlib.nullcontext()
 
     def train_step(self, batch: Batch) -> tuple[float, float]:
@@ -145,22 +145,20 @@ class Pretrainer:
         starts = list(range(0, rows, min(micro, rows)))
         aux, load = 0.0, None
         for i, start in enumerate(starts):
-            last = i == len(starts) - 1
-            if last and hasattr(self.model, "set_requires_gradient_sync"):
-                self.model.set_requires_gradient_sync(True)
-            with self._no_sync(last):
+            with self._grad_sync(last=i == len(starts) - 1):
                 loss_sum = self._forward_loss(local.rows(start, start + micro))
                 loss = loss_sum * scale
                 stats = self.inner.router_stats()
                 if stats is not None:
                     loss = loss + stats.weighted_aux_loss / len(starts)
-                    aux += float(stats.aux_loss) / len(starts)
+                    aux = aux + stats.aux_loss.detach().double() / len(starts)  # no device sync before backward
                     load = stats.tokens_per_expert if load is None else load + stats.tokens_per_expert
                 loss.backward()
             total += loss_sum.detach().double()
         if load is not None:
             per_expert = load.sum(0).double()
-            self.router_log = {"aux_loss": aux, "expert_load_max_over_mean": float(per_expert.max() / per_expert.mean())}
+            self.router_log = {"aux_loss": float(aux),
+                               "expert_load_max_over_mean": float(per_expert.max() / per_expert.mean())}
         return float(all_reduce_sum(total, info) / n_targets)
 
     @torch.no_grad()

@@ -72,17 +72,12 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     """Restore model (and optimizer) in place, whatever world size saved them; return the trainer state."""
     if not (path / TRAINER_STATE).is_file():
         raise FileNotFoundError(f"{path}: not a complete checkpoint (no {TRAINER_STATE})")
-    if optimizer is None:
-        model_sd, _ = get_state_dict(model, [])
-        state = {"model": model_sd}
-        dcp.load(state, checkpoint_id=str(path))
-        set_state_dict(model, [], model_state_dict=state["model"], optim_state_dict={},
-                       options=StateDictOptions(strict=True))
-    else:
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
-        dcp.load(state, checkpoint_id=str(path))
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    optimizers = [] if optimizer is None else [optimizer]
+    model_sd, optim_sd = get_state_dict(model, optimizers)
+    state = {"model": model_sd, "optim": optim_sd} if optimizers else {"model": model_sd}  # DCP loads only these
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizers, model_state_dict=state["model"], optim_state_dict=state.get("optim", {}),
+                   options=StateDictOptions(strict=True))
     trainer_state = torch.load(path / TRAINER_STATE, weights_only=False)
     set_rng_state(trainer_state["rng"])
     return trainer_state

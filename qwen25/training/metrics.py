@@ -11,6 +11,9 @@ from pathlib import Path
 
 import torch
 
+from qwen25.data.corpus import read_jsonl
+from qwen25.io import atomic_write_text
+
 
 class MetricsLog:
     """Append-only JSONL, one object per record; `truncate_after(step)` drops records a resumed run redoes."""
@@ -26,13 +29,11 @@ class MetricsLog:
     def read(self) -> list[dict]:
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return list(read_jsonl(self.path))
 
     def truncate_after(self, step: int) -> None:
         kept = [r for r in self.read() if r.get("step", 0) <= step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def flops_per_token(cfg, seq_len: int) -> float:
@@ -76,8 +77,7 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype, cache: Path | No
     if cache:
         known = json.loads(cache.read_text()) if cache.is_file() else {}
         known[key] = best
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(known, indent=2))
+        atomic_write_text(cache, json.dumps(known, indent=2))  # every rank of a torchrun writes it at once
     return best
 
 

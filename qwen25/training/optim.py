@@ -11,12 +11,9 @@ import torch
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Decay 2-D weights (linear layers, embeddings); never norms or biases."""
     decay, no_decay = [], []
-    seen: set[int] = set()
-    for name, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        (decay if p.ndim >= 2 else no_decay).append(p)
+    for p in model.parameters():  # each tied parameter once: parameters() skips repeats
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
