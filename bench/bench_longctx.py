@@ -54,8 +54,7 @@ def use(model, method: str, sparse: SparseConfig) -> None:
         chunk = model.config.max_position_embeddings
         configure(model, attention="dca", dual_chunk=DualChunkConfig(chunk_size=chunk, local_size=chunk // 8))
     else:
-        configure(model, attention={"dense": "dense", "chunked": "chunked", "sparse": "sparse"}[method],
-                  sparse=sparse if method == "sparse" else None)
+        configure(model, attention=method, sparse=sparse if method == "sparse" else None)
 
 
 @torch.inference_mode()

@@ -170,21 +170,23 @@ def _configure_long_context(model, args: argparse.Namespace) -> None:
     if args.sparse_patterns or args.sparse_threshold is not None or args.attention == "sparse":
         patterns = (load_patterns(args.sparse_patterns, cfg.num_hidden_layers, cfg.num_attention_heads)
                     if args.sparse_patterns else None)
-        sparse = SparseConfig(patterns, args.sparse_threshold if args.sparse_threshold is not None else 32768)
+        sparse = (SparseConfig(patterns) if args.sparse_threshold is None
+                  else SparseConfig(patterns, args.sparse_threshold))
     configure(model, rope=args.rope, attention=args.attention, yarn=yarn or None, dual_chunk=dual_chunk,
               sparse=sparse)
 
 
 def cmd_eval_longctx(args: argparse.Namespace) -> None:
-    from qwen25.longctx.evaluate import accuracy_table, evaluate, load_tokenizer
+    from qwen25.generation import SamplingParams
+    from qwen25.longctx.evaluate import accuracy_table, evaluate
     from qwen25.model import load_model
+    from qwen25.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, dtype=args.dtype).eval()
     _configure_long_context(model, args)
-    stop = set(model.config.eos_token_ids)
-    eos = model.generation_config.get("eos_token_id")
-    stop.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    eos = {"eos_token_id": model.generation_config.get("eos_token_id")}  # eos alone: sampling fields go unchecked
+    stop = set(model.config.eos_token_ids) | set(SamplingParams.from_generation_config(eos).stop_token_ids)
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.verbose else None
     results = evaluate(model, tokenizer, args.tasks.split(","), args.lengths, args.depths, args.samples,
                        args.prefill_chunk, args.seed, sorted(stop), log)
@@ -204,7 +206,7 @@ def cmd_longctx_extrapolate(args: argparse.Namespace) -> None:
 
 
 def _long_context_arguments(p: argparse.ArgumentParser) -> None:
-    from qwen25.longctx import ATTENTION_CHOICES, ROPE_CHOICES
+    from qwen25.longctx import ATTENTION_CHOICES, ROPE_CHOICES, SparseConfig
 
     p.add_argument("--rope", choices=ROPE_CHOICES, default="config",
                    help="RoPE variant (default: as config.json says)")
@@ -216,7 +218,8 @@ def _long_context_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-size", type=int, help="dual chunk attention chunk_size instead of config.json's")
     p.add_argument("--local-size", type=int, help="dual chunk attention local_size (default chunk_size / 8)")
     p.add_argument("--sparse-patterns", help="per-head sparse budgets, a JSON file in MInference's format")
-    p.add_argument("--sparse-threshold", type=int, help="prompt length above which prefill is sparse (32768)")
+    p.add_argument("--sparse-threshold", type=int,
+                   help=f"prompt length above which prefill is sparse ({SparseConfig.threshold})")
     p.add_argument("--prefill-chunk", type=int, help="feed prompts this many tokens per forward")
 
 

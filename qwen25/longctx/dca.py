@@ -20,8 +20,8 @@ import math
 
 import torch
 
-from qwen25.longctx.partial import attend, merge
-from qwen25.longctx.sparse import Selection, SparseConfig, a_shape, covers_all, sparse_attend, vertical_slash
+from qwen25.longctx.partial import attend, causal_parts, merge
+from qwen25.longctx.sparse import Selection, SparseConfig, covers_all, select_heads, sparse_attend
 from qwen25.model.config import DualChunkConfig
 from qwen25.model.kv_cache import KVCache
 from qwen25.model.qwen2 import AttentionMask
@@ -43,7 +43,10 @@ def logit_scale(length: int, original: int) -> float:
 
 class DualChunkAttention:
     """Attention backend: dual chunk attention for prefill (chunked or not) and decode, optionally with
-    sparse prefill inside each chunk (as Qwen2.5-1M serves it), which needs chunk_len % sparse.block == 0."""
+    sparse prefill inside each chunk (as Qwen2.5-1M serves it), which needs chunk_len % sparse.block == 0.
+
+    `configure` gives every layer this one instance, so the rotary tables, which depend only on the positions,
+    are built by the first layer of a forward and reused by the others (`_table`)."""
 
     def __init__(self, config: DualChunkConfig, rotary: RotaryEmbedding, sparse: SparseConfig | None = None) -> None:
         if sparse is not None and config.chunk_len % sparse.block:
@@ -52,10 +55,15 @@ class DualChunkAttention:
         self.config = config
         self.rotary = rotary
         self.sparse = sparse
+        self._memo_key: tuple | None = None  # (past, end, dtype, device) of the forward the tables serve
+        self._memo: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        cos, sin = self.rotary(positions[None], x.dtype)
-        return apply_rotary(x, cos, sin)
+    def _table(self, name: tuple, positions, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [1, n, D] for the rotary positions `positions()` builds, made once per forward under `name`:
+        a chunk's tables depend on its offset in the chunk and its length, so full chunks share theirs."""
+        if name not in self._memo:
+            self._memo[name] = self.rotary(positions()[None], dtype)
+        return self._memo[name]
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                  mask: AttentionMask, cache: KVCache | None, layer: int) -> torch.Tensor:
@@ -65,9 +73,12 @@ class DualChunkAttention:
         B, H, T, D = q.shape
         L, c = self.config.chunk_len, self.config.chunk_size
         past, end = mask.past, mask.past + T
-        length = max(cache.prompt_length or 0, end) if cache is not None else end
+        length = cache.request_length(end) if cache is not None else end
         s = logit_scale(length, self.config.original_max_position_embeddings)
-        k = self._rotate(k, torch.arange(past, end, device=q.device) % L)
+        if layer == 0 or self._memo_key != (past, end, q.dtype, q.device):  # layer 0: never a stale rotary
+            self._memo_key, self._memo = (past, end, q.dtype, q.device), {}
+        cos, sin = self._table(("keys",), lambda: torch.arange(past, end, device=q.device) % L, q.dtype)
+        k = apply_rotary(k, cos, sin)
         if s != 1.0:
             q, k = q * s, k * s
         if cache is not None:
@@ -76,15 +87,15 @@ class DualChunkAttention:
         outs = []
         for chunk in range(past // L, (end - 1) // L + 1):
             a0, a1 = max(past, chunk * L), min(end, (chunk + 1) * L)
-            rows, pos = q[:, :, a0 - past:a1 - past], torch.arange(a0, a1, device=q.device)
-            own, prev, older = query_positions(pos, L, c)
-            q_own = self._rotate(rows, own)
+            rows, own = q[:, :, a0 - past:a1 - past], (cos[:, a0 - past:a1 - past], sin[:, a0 - past:a1 - past])
+            q_own = apply_rotary(rows, *own)  # the keys' table: i mod L
             ranges = [(chunk * L, a1, q_own)]  # (first key, end key, rotated queries), newest first
             if chunk >= 1:
-                ranges.append(((chunk - 1) * L, chunk * L, self._rotate(rows, prev)))
-            if chunk >= 2:
-                ranges.append((0, (chunk - 1) * L, self._rotate(rows, older)))
-            sel = self._select(rows, pos, k, chunk, layer) if use_sparse else None
+                prev, older = self._chunk_tables(a0, a1, q.device, q.dtype)
+                ranges.append(((chunk - 1) * L, chunk * L, apply_rotary(rows, *prev)))
+                if chunk >= 2:
+                    ranges.append((0, (chunk - 1) * L, apply_rotary(rows, *older)))
+            sel = self._select(rows, own, a0, a1, k, chunk, layer) if use_sparse else None
             if sel is not None and not covers_all(sel, a1, self.sparse.block):
                 parts = [sparse_attend(qr, k[:, :, k0:k1], v[:, :, k0:k1], sel, a0, k0, self.sparse.block)
                          for k0, k1, qr in ranges]
@@ -93,44 +104,49 @@ class DualChunkAttention:
             outs.append(merge(parts))
         return torch.cat(outs, dim=2)
 
+    def _chunk_tables(self, a0: int, a1: int, device: torch.device, dtype: torch.dtype) -> tuple[tuple, tuple]:
+        """cos/sin of the queries a0..a1 (one chunk) against the previous chunk and against older chunks."""
+        L, c = self.config.chunk_len, self.config.chunk_size
+        name = (a0 % L, a1 - a0)
+        return (self._table(("prev", *name), lambda: query_positions(torch.arange(a0, a1, device=device), L, c)[1],
+                            dtype),
+                self._table(("older", *name), lambda: query_positions(torch.arange(a0, a1, device=device), L, c)[2],
+                            dtype))
+
     @staticmethod
     def _dense_parts(ranges: list, a0: int, k: torch.Tensor,
                      v: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The own chunk splits into earlier keys (no mask) and the queries' own keys (square causal)."""
+        """The own chunk splits into the queries' own keys (square causal) and earlier keys (no mask)."""
         scale = k.shape[-1] ** -0.5
         (k0, k1, q_own), *others = ranges
         if q_own.shape[2] == 1:  # one query sees its whole chunk so far
             parts = [attend(q_own, k[:, :, k0:k1], v[:, :, k0:k1], False, scale)]
         else:
-            parts = [attend(q_own, k[:, :, a0:k1], v[:, :, a0:k1], True, scale)]
-            if a0 > k0:
-                parts.append(attend(q_own, k[:, :, k0:a0], v[:, :, k0:a0], False, scale))
+            parts = causal_parts(q_own, k[:, :, k0:k1], v[:, :, k0:k1], scale)
         return parts + [attend(qr, k[:, :, k0:k1], v[:, :, k0:k1], False, scale) for k0, k1, qr in others]
 
-    def _select(self, rows: torch.Tensor, pos: torch.Tensor, k: torch.Tensor, chunk: int,
-                layer: int) -> list[list[Selection]]:
+    def _select(self, rows: torch.Tensor, own: tuple[torch.Tensor, torch.Tensor], a0: int, a1: int, k: torch.Tensor,
+                chunk: int, layer: int) -> list[list[Selection]]:
         """Sparse patterns for one chunk's queries, estimated as vLLM does from its last queries scored against
-        every earlier key, with unclamped positions (i mod L + L for the previous chunk, + c for older ones)."""
+        every earlier key, with unclamped positions (i mod L + L for the previous chunk, + c for older ones).
+        `own`: the rows' cos/sin against their own chunk."""
         L, c, cfg = self.config.chunk_len, self.config.chunk_size, self.sparse
         B, H, _, D = rows.shape
         groups, n_last = H // k.shape[1], min(cfg.last_q, rows.shape[2])
-        last, last_pos = rows[:, :, -n_last:], pos[-n_last:]
-        rotated = [self._rotate(last, last_pos % L + c), self._rotate(last, last_pos % L + L),
-                   self._rotate(last, last_pos % L)]  # against older, previous, own chunk
-        bounds = [0, max(0, (chunk - 1) * L), chunk * L, int(last_pos[-1]) + 1]
-        future = torch.arange(chunk * L, bounds[-1], device=k.device)[None, :] > last_pos[:, None]
-        out = []
-        for b in range(B):
-            heads = []
-            for h in range(H):
-                pattern = cfg.pattern(layer, h)
-                if pattern.kind == "stream_llm":
-                    heads.append(a_shape(pattern, cfg.block))
-                    continue
-                keys = k[b, h // groups]
-                scores = torch.cat([rot[b, h] @ keys[k0:k1].T for rot, k0, k1 in
-                                    zip(rotated, bounds[:-1], bounds[1:])], dim=-1) * D**-0.5
-                scores[:, chunk * L:].masked_fill_(future, float("-inf"))
-                heads.append(vertical_slash(scores, last_pos, pattern, cfg.block))
-            out.append(heads)
-        return out
+        last, last_pos = rows[:, :, -n_last:], torch.arange(a1 - n_last, a1, device=rows.device)
+        name = (a0 % L, a1 - a0)
+        older = self._table(("estimate older", *name), lambda: last_pos % L + c, rows.dtype)
+        prev = self._table(("estimate prev", *name), lambda: last_pos % L + L, rows.dtype)
+        rotated = [apply_rotary(last, *older), apply_rotary(last, *prev),
+                   apply_rotary(last, own[0][:, -n_last:], own[1][:, -n_last:])]  # against older, previous, own
+        bounds = [0, max(0, (chunk - 1) * L), chunk * L, a1]
+        future = torch.arange(chunk * L, a1, device=k.device)[None, :] > last_pos[:, None]
+
+        def score(b: int, h: int) -> torch.Tensor:
+            keys = k[b, h // groups]
+            scores = torch.cat([rot[b, h] @ keys[k0:k1].T for rot, k0, k1 in
+                                zip(rotated, bounds[:-1], bounds[1:])], dim=-1) * D**-0.5
+            scores[:, chunk * L:].masked_fill_(future, float("-inf"))
+            return scores
+
+        return select_heads(cfg, layer, B, H, last_pos, score)

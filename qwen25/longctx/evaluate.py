@@ -9,20 +9,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from qwen25.longctx.chunked import prefill
 from qwen25.longctx.tasks import Tokenizer, make_sample, score
 from qwen25.model.kv_cache import KVCache
-
-
-def load_tokenizer(model_dir: str | Path) -> Tokenizer:
-    """The model directory's tokenizer (any `qwen25.load_tokenizer` directory works for the text tasks)."""
-    from qwen25.tokenizer import load_tokenizer as load
-
-    return load(model_dir)
 
 
 @torch.inference_mode()

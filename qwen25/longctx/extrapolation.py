@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from qwen25.generation import SamplingParams, generate
 from qwen25.longctx.configure import configure
 from qwen25.longctx.sparse import SparseConfig
 from qwen25.model.config import DualChunkConfig, ModelConfig, SparseHeadPattern
-from qwen25.model.kv_cache import KVCache
 from qwen25.model.qwen2 import Qwen2ForCausalLM, build_model
 
 KEY, QUERY, FIRST_FILLER, VOCAB = 10, 11, 12, 64  # tokens 0-9 are the digits
@@ -102,21 +102,14 @@ def use_method(model: Qwen2ForCausalLM, method: str, length: int, largest_multip
                 chunk_size=length, local_size=length // 8, original_max_position_embeddings=length))
 
 
-@torch.inference_mode()
 def exact_match(model: Qwen2ForCausalLM, length: int, samples: int, seed: int, batch: int = 16) -> float:
     """Share of prompts of `length` tokens (answer included) whose 5 digits come out exactly, greedily."""
     gen = torch.Generator().manual_seed(seed)
     hits = 0
     for done in range(0, samples, batch):
         ids, digits = make_batch(min(batch, samples - done), length, gen)
-        prompt = ids[:, :-DIGITS]
-        cache = KVCache.for_model(model, prompt.shape[0], length)
-        logits = model(prompt, cache=cache, logits_to_keep=1)[:, -1]
-        out = []
-        for _ in range(DIGITS):
-            out.append(logits.argmax(-1))
-            logits = model(out[-1][:, None], cache=cache)[:, -1]
-        hits += int((torch.stack(out, 1) == digits).all(-1).sum())
+        out = generate(model, ids[:, :-DIGITS].tolist(), SamplingParams(max_new_tokens=DIGITS))
+        hits += int((torch.tensor(out) == digits).all(-1).sum())
     return hits / samples
 
 

@@ -95,8 +95,15 @@ def attend_after_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
     The cached keys need no mask and the new ones a square causal mask, so the two parts run separately and
     merge exactly; nothing of size T x (past + T) is built.
     """
+    return merge(causal_parts(q, k, v, scale))
+
+
+def causal_parts(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 scale: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The parts of `attend_after_cache`: the new keys (square causal), then the earlier keys (no mask) when
+    there are any. Dual chunk attention appends its other chunks' parts after these (`merge` sums in order)."""
     T, S = q.shape[2], k.shape[2]
-    if S == T:
-        return attend(q, k, v, True, scale)[0]
-    return merge([attend(q, k[:, :, :S - T], v[:, :, :S - T], False, scale),
-                  attend(q, k[:, :, S - T:], v[:, :, S - T:], True, scale)])
+    parts = [attend(q, k[:, :, S - T:], v[:, :, S - T:], True, scale)]
+    if S > T:
+        parts.append(attend(q, k[:, :, :S - T], v[:, :, :S - T], False, scale))
+    return parts

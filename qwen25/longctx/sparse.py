@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +112,23 @@ def vertical_slash(scores: torch.Tensor, q_pos: torch.Tensor, pattern: SparseHea
     n_keep = min(n_diag, max(math.ceil(max(pattern.slash, MIN_SLASH) / block), math.ceil(NEAR_SLASHES / block) + 1))
     diagonals = slash.topk(n_keep).indices.sort().values
     return Selection(diagonals, columns)
+
+
+def select_heads(config: SparseConfig, layer: int, batch: int, heads: int, q_pos: torch.Tensor,
+                 score: Callable[[int, int], torch.Tensor]) -> list[list[Selection]]:
+    """selections[b][h] for one layer: A-shape for stream_llm heads (no scoring needed), else vertical-slash
+    from score(b, h), the scores [Q, S] of the last queries (positions q_pos) as `vertical_slash` takes them."""
+    out = []
+    for b in range(batch):
+        row = []
+        for h in range(heads):
+            pattern = config.pattern(layer, h)
+            if pattern.kind == "stream_llm":
+                row.append(a_shape(pattern, config.block))
+            else:
+                row.append(vertical_slash(score(b, h), q_pos, pattern, config.block))
+        out.append(row)
+    return out
 
 
 def covers_all(selections: list[list[Selection]], q_end: int, block: int = BLOCK) -> bool:
@@ -222,7 +240,7 @@ class SparseAttention:
         if cache is not None:
             k, v = cache.update(layer, k, v)
         T, S = q.shape[2], k.shape[2]
-        prompt = max(cache.prompt_length or 0, S) if cache is not None else S
+        prompt = cache.request_length(S) if cache is not None else S
         if T == 1 or prompt <= self.config.threshold:
             return causal_attention(q, k, v, mask)
         if mask.padded:
@@ -238,15 +256,5 @@ class SparseAttention:
         groups, n_last = H // k.shape[1], min(self.config.last_q, T)
         q_pos = torch.arange(q_start + T - n_last, q_start + T, device=q.device)
         future = torch.arange(k.shape[2], device=q.device)[None, :] > q_pos[:, None]
-        out = []
-        for b in range(B):
-            heads = []
-            for h in range(H):
-                pattern = self.config.pattern(layer, h)
-                if pattern.kind == "stream_llm":
-                    heads.append(a_shape(pattern, self.config.block))
-                    continue
-                scores = (q[b, h, -n_last:] @ k[b, h // groups].T * D**-0.5).masked_fill_(future, float("-inf"))
-                heads.append(vertical_slash(scores, q_pos, pattern, self.config.block))
-            out.append(heads)
-        return out
+        return select_heads(self.config, layer, B, H, q_pos, lambda b, h: (
+            q[b, h, -n_last:] @ k[b, h // groups].T * D**-0.5).masked_fill_(future, float("-inf")))

@@ -18,9 +18,14 @@ class KVCache:
         self.length = 0  # tokens already stored (identical for every layer between forwards)
         # Per-request long-context state (qwen25.longctx): the whole prompt's length, set before a chunked
         # prefill so choices made from it see the full prompt (None: the first forward's length), and the
-        # dynamic-YaRN factor fixed at prefill and kept through decode.
+        # dynamic-YaRN factor fixed at prefill and kept through decode. `request_length` reads the former.
         self.prompt_length: int | None = None
         self.rope_factor: float | None = None
+
+    def request_length(self, end: int) -> int:
+        """The request's prompt length as `prompt_length` gives it, or `end` (tokens through this forward) when
+        that is longer or unset: a decode step past the prompt counts its own length."""
+        return max(self.prompt_length or 0, end)
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, batch: int, capacity: int) -> KVCache:
