@@ -44,9 +44,8 @@ def moe_config(args: argparse.Namespace) -> ModelConfig:
 
 
 def ours_step(model, ids: torch.Tensor) -> torch.Tensor:
-    logits = model(ids)
     labels = F.pad(ids[:, 1:], (0, 1), value=-100)  # shift the labels, not the logits (as transformers does)
-    ce = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+    ce = model(ids, labels=labels) / (labels != -100).sum()  # the trainer's fused LM head + cross-entropy
     loss = ce + model.router_stats().weighted_aux_loss
     loss.backward()
     return loss
