@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 
 from qwen25.longctx import DualChunkConfig, SparseConfig, configure, load_patterns, prefill
-from qwen25.model import KVCache, ModelConfig, get_preset, load_model
+from qwen25.loading import load_model
+from qwen25.model import KVCache, ModelConfig, get_preset
 
 METHODS = ("dense", "chunked", "dca", "sparse")
 

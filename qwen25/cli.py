@@ -51,7 +51,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from qwen25.generation import SamplingParams, stream
-    from qwen25.model import load_model
+    from qwen25.loading import load_model
     from qwen25.tokenizer import load_tokenizer
 
     model = load_model(args.model, dtype=args.dtype).eval()
@@ -156,6 +156,12 @@ def cmd_pretrain_export(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def cmd_sft_run(args: argparse.Namespace) -> None:
+    from qwen25.posttraining.sft import load_sft_recipe, run_sft
+
+    run_sft(load_sft_recipe(args.recipe, args.set), resume=args.resume, fresh=args.fresh)
+
+
 def _configure_long_context(model, args: argparse.Namespace) -> None:
     from qwen25.longctx import DualChunkConfig, SparseConfig, configure, load_patterns
 
@@ -179,7 +185,7 @@ def _configure_long_context(model, args: argparse.Namespace) -> None:
 def cmd_eval_longctx(args: argparse.Namespace) -> None:
     from qwen25.generation import SamplingParams
     from qwen25.longctx.evaluate import accuracy_table, evaluate
-    from qwen25.model import load_model
+    from qwen25.loading import load_model
     from qwen25.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
@@ -286,6 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--tokenizer", help="tokenizer to copy beside the model (default: the run's)")
     p.set_defaults(func=cmd_pretrain_export)
+
+    sft = sub.add_parser("sft", help="supervised fine-tuning on chat conversations").add_subparsers(
+        dest="action", required=True)
+    p = sft.add_parser("run", help="train the phases of an SFT recipe (torchrun-aware); HF export per phase")
+    p.add_argument("--recipe", required=True, help="TOML recipe, e.g. recipes/sft-tiny.toml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set lr=1e-5 --set phases.0.epochs=1")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue from the run's latest intact checkpoint")
+    mode.add_argument("--fresh", action="store_true", help="start over in the run's directory")
+    p.set_defaults(func=cmd_sft_run)
 
     data = sub.add_parser("data", help="offline corpus").add_subparsers(dest="action", required=True)
     p = data.add_parser("fetch", help="download the pinned source archives once (setup step)")

@@ -110,7 +110,7 @@ def decode_steps(model: torch.nn.Module, prompts: Sequence[Sequence[int]], p: Sa
     cache = KVCache.for_model(model, B, L + p.max_new_tokens)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
 
-    logits = model(ids, attention_mask=mask if padded else None, cache=cache, logits_to_keep=1)[:, -1]
+    logits = model(ids, attention_mask=mask if padded else None, cache=cache, logits_to_keep=1).logits[:, -1]
     for step in range(p.max_new_tokens):
         nxt = _choose(process_logits(logits.float(), seen, p), p, gen)
         nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
@@ -121,7 +121,7 @@ def decode_steps(model: torch.nn.Module, prompts: Sequence[Sequence[int]], p: Sa
         seen[torch.arange(B, device=device), nxt] = True
         if padded:
             mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
-        logits = model(nxt[:, None], attention_mask=mask if padded else None, cache=cache)[:, -1]
+        logits = model(nxt[:, None], attention_mask=mask if padded else None, cache=cache).logits[:, -1]
 
 
 def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None,

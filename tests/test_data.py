@@ -14,6 +14,7 @@ from qwen25.data.loader import PackedLoader
 from qwen25.data.shards import ShardSet
 from qwen25.data.synthetic_math import math_documents
 from qwen25.model import ModelConfig, build_model
+from qwen25.training.distributed import apply_activation_checkpointing
 from qwen25.training.optim import Schedule, param_groups
 
 EOT = 99
@@ -107,8 +108,8 @@ def test_segments_in_the_model_equal_separate_sequences():
     segment = torch.cat([torch.full((len(d),), i) for i, d in enumerate(docs)])[None]
     position = torch.cat([torch.arange(len(d)) for d in docs])[None]
     with torch.no_grad():
-        together = model(packed, position_ids=position, segment_ids=segment)[0]
-        alone = torch.cat([model(d[None])[0] for d in docs])
+        together = model(packed, position_ids=position, segment_ids=segment).logits[0]
+        alone = torch.cat([model(d[None]).logits[0] for d in docs])
     assert (together - alone).abs().max() < 1e-5
 
 
@@ -170,8 +171,10 @@ def test_activation_checkpointing_gives_the_same_gradients():
     grads = []
     for checkpointing in (False, True):
         model = build_model(cfg, seed=1)
-        model.model.checkpoint_layers = checkpointing
-        model(ids[:, :-1], labels=ids[:, 1:]).backward()
+        if checkpointing:
+            apply_activation_checkpointing(model)
+        model(ids[:, :-1], labels=ids[:, 1:]).loss.backward()
         grads.append([p.grad.clone() for p in model.parameters()])
+        assert list(model.state_dict()) == list(build_model(cfg, seed=1).state_dict())  # names unchanged
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

@@ -45,11 +45,11 @@ def test_cached_decode_equals_full_forward(default_init_model):
     ours = default_init_model
     ids = torch.randint(0, 1000, (2, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        full = ours(ids)
+        full = ours(ids).logits
         cache = KVCache.for_model(ours, batch=2, capacity=8)  # small on purpose: the cache must grow
-        steps = [ours(ids[:, :25], cache=cache)]
+        steps = [ours(ids[:, :25], cache=cache).logits]
         for t in range(25, 40):
-            steps.append(ours(ids[:, t:t + 1], cache=cache))
+            steps.append(ours(ids[:, t:t + 1], cache=cache).logits)
         cached = torch.cat(steps, dim=1)
     assert cache.length == 40
     assert (full - cached).abs().max() <= 1e-5
@@ -59,9 +59,9 @@ def test_chunked_prefill_with_cache_equals_full_forward(default_init_model):
     ours = default_init_model
     ids = torch.randint(0, 1000, (1, 48), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        full = ours(ids)
+        full = ours(ids).logits
         cache = KVCache.for_model(ours, batch=1, capacity=48)
-        chunks = [ours(ids[:, i:i + 16], cache=cache) for i in range(0, 48, 16)]
+        chunks = [ours(ids[:, i:i + 16], cache=cache).logits for i in range(0, 48, 16)]
     assert (full - torch.cat(chunks, dim=1)).abs().max() <= 1e-5
 
 

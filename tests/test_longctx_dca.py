@@ -10,7 +10,8 @@ import torch
 from qwen25.longctx import DualChunkConfig, configure
 from qwen25.longctx.dca import DualChunkAttention, logit_scale, query_positions
 from qwen25.model import ConfigError, KVCache, ModelConfig, build_model
-from qwen25.model.qwen2 import AttentionMask
+from qwen25.loading import prepare
+from qwen25.model.attention import AttentionMask
 from qwen25.model.rope import RotaryEmbedding, apply_rotary
 
 QWEN_1M = {"chunk_size": 262144, "local_size": 8192, "original_max_position_embeddings": 262144}
@@ -33,17 +34,17 @@ def test_position_maps_and_logit_scale():
 
 def _model(seed=0, **dca):
     cfg = ModelConfig(**BASE, dual_chunk_attention_config={"chunk_size": CHUNK, "local_size": LOCAL, **dca})
-    return build_model(cfg, seed=seed).eval()
+    return prepare(build_model(cfg, seed=seed).eval())  # the loader's choice: dual chunk attention from the config
 
 
 @torch.no_grad()
 def test_dca_equals_dense_up_to_chunk_size_and_differs_beyond():
     model = _model()
-    assert isinstance(model.model.layers[0].self_attn.backend, DualChunkAttention)  # chosen from config.json
+    assert isinstance(model.model.attention, DualChunkAttention)  # chosen from the config
     ids = torch.randint(0, 256, (2, CHUNK + 20), generator=torch.Generator().manual_seed(0))
-    dca = model(ids)
+    dca = model(ids).logits
     configure(model, attention="dense")
-    dense = model(ids)
+    dense = model(ids).logits
     assert (dca[:, :CHUNK] - dense[:, :CHUNK]).abs().max() <= 1e-5
     assert (dca[:, CHUNK + 2:] - dense[:, CHUNK + 2:]).abs().max() > 1e-4
 
@@ -92,18 +93,18 @@ def test_chunked_dca_equals_brute_force_reference(chunks):
 def test_dca_decode_equals_prefill_rows():
     model = _model(seed=2)
     ids = torch.randint(0, 256, (2, 150), generator=torch.Generator().manual_seed(2))  # 4+ chunks of 32
-    full = model(ids)
+    full = model(ids).logits
     cache = KVCache.for_model(model, 2, 8)
-    steps = [model(ids[:, :100], cache=cache)] + [model(ids[:, t:t + 1], cache=cache) for t in range(100, 150)]
+    steps = [model(ids[:, :100], cache=cache).logits] + [model(ids[:, t:t + 1], cache=cache).logits for t in range(100, 150)]
     assert (torch.cat(steps, dim=1) - full).abs().max() <= 1e-5
 
 
 @torch.no_grad()
 def test_logit_scaling_applies_beyond_the_original_length():
     ids = torch.randint(0, 256, (1, 120), generator=torch.Generator().manual_seed(3))
-    plain = _model(seed=3)(ids)
-    scaled = _model(seed=3, original_max_position_embeddings=60)(ids)
-    short = _model(seed=3, original_max_position_embeddings=120)(ids)
+    plain = _model(seed=3)(ids).logits
+    scaled = _model(seed=3, original_max_position_embeddings=60)(ids).logits
+    short = _model(seed=3, original_max_position_embeddings=120)(ids).logits
     assert torch.equal(plain, short)  # up to the original length, s = 1
     assert (plain - scaled).abs().max() > 1e-4
 
@@ -113,7 +114,7 @@ def test_padded_batches_are_refused():
     ids, mask = torch.ones(2, 10, dtype=torch.long), torch.ones(2, 10, dtype=torch.long)
     mask[0, :3] = 0
     with pytest.raises(ValueError, match="unpadded"):
-        model(ids, attention_mask=mask)
+        model(ids, attention_mask=mask).logits
 
 
 def test_qwen_1m_block_parses_and_round_trips(tmp_path):

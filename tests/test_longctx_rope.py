@@ -27,9 +27,9 @@ def test_yarn_logits_match_transformers(tmp_path, form, overrides):
     assert ours.config.rope_type == "yarn"
     ids = torch.randint(0, hf.config.vocab_size, (2, 300), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected, got = hf(ids).logits, ours(ids)
+        expected, got = hf(ids).logits, ours(ids).logits
         configure(ours, rope="plain")
-        plain = ours(ids)
+        plain = ours(ids).logits
     assert (expected - got).abs().max() <= 1e-5
     assert (expected - plain).abs().max() > 1e-3  # the YaRN block matters at these lengths
 
@@ -54,15 +54,15 @@ def _ids(n, seed=0):
 def test_dynamic_yarn_short_prompt_is_plain_rope_bit_for_bit(model):
     ids = _ids(ORIGINAL)  # at the original length: factor 1
     configure(model, rope="plain")
-    plain_logits, plain_short = model(ids), model(ids[:, :20])
+    plain_logits, plain_short = model(ids).logits, model(ids[:, :20]).logits
     plain_new = qwen25.generate(model, ids.tolist(), qwen25.SamplingParams(max_new_tokens=12))
     configure(model, rope="dynamic-yarn")
-    assert torch.equal(model(ids), plain_logits)
-    assert torch.equal(model(ids[:, :20]), plain_short)
+    assert torch.equal(model(ids).logits, plain_logits)
+    assert torch.equal(model(ids[:, :20]).logits, plain_short)
     # Generation runs past the original length, but the factor chosen at prefill (1) stays.
     assert qwen25.generate(model, ids.tolist(), qwen25.SamplingParams(max_new_tokens=12)) == plain_new
     configure(model, rope="config")
-    assert not torch.equal(model(ids), plain_logits)  # static YaRN does change short prompts
+    assert not torch.equal(model(ids).logits, plain_logits)  # static YaRN does change short prompts
 
 
 @torch.no_grad()
@@ -70,14 +70,14 @@ def test_dynamic_yarn_factor_is_fixed_at_prefill_and_kept_through_decode(model):
     n, new = 3 * ORIGINAL, 10
     ids = _ids(n + new, seed=1)
     configure(model, rope="yarn", yarn={"factor": n / ORIGINAL})  # what this request should run with
-    expected = model(ids)[:, n - 1:]
+    expected = model(ids).logits[:, n - 1:]
     configure(model, rope="dynamic-yarn")
-    assert (model(ids)[:, n - 1:] - expected).abs().max() > 1e-3  # a longer prompt would get a larger factor
+    assert (model(ids).logits[:, n - 1:] - expected).abs().max() > 1e-3  # a longer prompt would get a larger factor
     cache = KVCache.for_model(model, 1, n + new)
     steps = [prefill(model, ids[:, :n], cache, chunk_size=50)[:, None]]  # chunked: the factor sees all n
     assert cache.rope_factor == n / ORIGINAL
     for t in range(n, n + new):
-        steps.append(model(ids[:, t:t + 1], cache=cache))
+        steps.append(model(ids[:, t:t + 1], cache=cache).logits)
     assert cache.rope_factor == n / ORIGINAL
     assert (torch.cat(steps, dim=1) - expected).abs().max() <= 1e-5
 

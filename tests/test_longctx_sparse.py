@@ -70,13 +70,13 @@ def _full_budget(T, block=32):
 def test_sparse_prefill_with_a_full_budget_equals_dense():
     model = _model()
     ids = torch.randint(0, 256, (2, 200), generator=torch.Generator().manual_seed(0))
-    dense = model(ids)
+    dense = model(ids).logits
     configure(model, attention="sparse", sparse=_full_budget(200))
-    assert (model(ids) - dense).abs().max() <= 1e-5
+    assert (model(ids).logits - dense).abs().max() <= 1e-5
     small = SparseConfig(patterns=((SparseHeadPattern("vertical_and_slash", 30, 50),) * 4,) * 2, threshold=0,
                          block=BLOCK)
     configure(model, attention="sparse", sparse=small)
-    assert (model(ids) - dense).abs().max() > 1e-4
+    assert (model(ids).logits - dense).abs().max() > 1e-4
 
 
 @torch.no_grad()
@@ -85,17 +85,17 @@ def test_sparse_prefill_inside_dual_chunk_attention_with_a_full_budget_equals_dc
     ids = torch.randint(0, 256, (1, 200), generator=torch.Generator().manual_seed(1))
     dca = DualChunkConfig(chunk_size=80, local_size=16)  # chunk length 64, a multiple of the block
     configure(model, attention="dca", dual_chunk=dca)
-    expected = model(ids)
+    expected = model(ids).logits
     configure(model, attention="dca", dual_chunk=dca, sparse=_full_budget(200))
-    assert (model(ids) - expected).abs().max() <= 1e-5
+    assert (model(ids).logits - expected).abs().max() <= 1e-5
     small = SparseConfig(patterns=((SparseHeadPattern("vertical_and_slash", 30, 50),) * 4,) * 2, threshold=0,
                          block=32)
     configure(model, attention="dca", dual_chunk=dca, sparse=small)
-    assert (model(ids) - expected).abs().max() > 1e-4  # the sparse path is live in the later chunks
+    assert (model(ids).logits - expected).abs().max() > 1e-4  # the sparse path is live in the later chunks
     configure(model, attention="dca", dual_chunk=dca, sparse=_full_budget(200))
     cache = KVCache.for_model(model, 1, 200)  # in chunks, and dense decode after the sparse prefill
     steps = [prefill(model, ids[:, :195], cache, chunk_size=100)[:, None]]
-    steps += [model(ids[:, t:t + 1], cache=cache) for t in range(195, 200)]
+    steps += [model(ids[:, t:t + 1], cache=cache).logits for t in range(195, 200)]
     assert (torch.cat(steps, dim=1) - expected[:, 194:]).abs().max() <= 1e-5
 
 
@@ -119,7 +119,7 @@ def test_sparse_prefill_model_outputs_do_not_depend_on_future_tokens():
     ids = torch.randint(0, 256, (1, 300), generator=torch.Generator().manual_seed(2))
     changed = ids.clone()
     changed[:, 170:] = torch.randint(0, 256, (1, 130), generator=torch.Generator().manual_seed(3))
-    before, after = model(ids), model(changed)
+    before, after = model(ids).logits, model(changed).logits
     assert torch.equal(before[:, :170], after[:, :170])
     assert not torch.equal(before[:, 170:], after[:, 170:])
 
@@ -145,11 +145,11 @@ def test_vertical_slash_keeps_sinks_nearby_diagonals_and_what_the_last_queries_a
 def test_below_the_threshold_or_within_the_budget_sparse_prefill_is_dense_attention():
     model = _model(seed=4)
     ids = torch.randint(0, 256, (1, 120), generator=torch.Generator().manual_seed(4))
-    dense = model(ids)
+    dense = model(ids).logits
     configure(model, attention="sparse", sparse=SparseConfig(threshold=120, block=BLOCK))
-    assert torch.equal(model(ids), dense)
+    assert torch.equal(model(ids).logits, dense)
     configure(model, attention="sparse", sparse=SparseConfig(threshold=0, block=BLOCK))  # 6096 diagonals > 120
-    assert torch.equal(model(ids), dense)
+    assert torch.equal(model(ids).logits, dense)
 
 
 def test_minference_pattern_file(tmp_path):
@@ -173,7 +173,7 @@ def test_minference_pattern_file(tmp_path):
 def test_chunked_prefill_equals_one_forward_without_a_chunk_mask():
     model = _model(seed=5)
     ids = torch.randint(0, 256, (2, 230), generator=torch.Generator().manual_seed(5))
-    full = model(ids)[:, -1]
+    full = model(ids).logits[:, -1]
     configure(model, attention="chunked")
     cache = KVCache.for_model(model, 2, 230)
     assert (prefill(model, ids, cache, chunk_size=64) - full).abs().max() <= 1e-5

@@ -39,8 +39,8 @@ def _compare(hf, ours, ids, mask):
     with torch.no_grad():
         for m in (None, mask):
             ref = hf(ids, attention_mask=m, output_router_logits=True)
-            got = ours(ids, attention_mask=m)
-            stats = ours.router_stats()
+            out = ours(ids, attention_mask=m, return_router_stats=True)
+            got, stats = out.logits, out.router
             real = torch.ones_like(ids, dtype=torch.bool) if m is None else m.bool()
             results.append(((ref.logits[real] - got[real]).abs().max().item(),
                             (ref.aux_loss - stats.aux_loss).abs().item()))
@@ -83,9 +83,9 @@ def test_gradients_match_transformers(tmp_path):
     labels[:, 0] = -100
     labels[:, 1:] = labels[:, 1:].masked_fill(mask[:, :-1] == 0, -100)
     hf(ids, attention_mask=mask, labels=labels, output_router_logits=True).loss.backward()
-    logits = ours(ids, attention_mask=mask)
-    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-    (ce + ours.router_stats().weighted_aux_loss).backward()
+    out = ours(ids, attention_mask=mask)
+    ce = F.cross_entropy(out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+    (ce + out.router.weighted_aux_loss).backward()
     theirs = dict(hf.named_parameters())
     for name, p in ours.named_parameters():
         stacked = name.endswith(("mlp.experts.gate_up", "mlp.experts.down"))  # transformers: [E, out, in] `*_proj`
@@ -149,9 +149,9 @@ def test_misshaped_expert_is_named(saved_moe):
 
 def _forward_backward(model, ids):
     model.zero_grad()
-    logits = model(ids)
-    (logits.square().mean() + model.router_stats().aux_loss).backward()
-    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    out = model(ids)
+    (out.logits.square().mean() + out.aux_loss).backward()
+    return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, out.router
 
 
 def test_expert_loop_equals_grouped_mm(monkeypatch):
@@ -160,10 +160,10 @@ def test_expert_loop_equals_grouped_mm(monkeypatch):
     cfg = get_preset("qwen25-moe-tiny")[0].replace(num_experts=32, num_experts_per_tok=3)
     model = build_model(cfg, seed=2)
     ids = torch.randint(0, cfg.vocab_size, (1, 5), generator=torch.Generator().manual_seed(0))
-    logits, grads = _forward_backward(model, ids)
-    assert (model.router_stats().tokens_per_expert == 0).any()
+    logits, grads, stats = _forward_backward(model, ids)
+    assert (stats.tokens_per_expert == 0).any()
     monkeypatch.setattr(moe_module, "grouped_mm_usable", lambda x, w: False)
-    loop_logits, loop_grads = _forward_backward(model, ids)
+    loop_logits, loop_grads, _ = _forward_backward(model, ids)
     assert (logits - loop_logits).abs().max() <= 1e-6
     assert all((grads[n] - loop_grads[n]).abs().max() <= 1e-6 for n in grads)
 
@@ -172,12 +172,13 @@ def test_bf16_autocast_runs_experts_in_bf16():
     model = build_model(get_preset("qwen25-moe-tiny")[0], seed=3)
     ids = torch.randint(0, 8192, (2, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ref = model(ids)
+        ref = model(ids).logits
     seen = []
     model.model.layers[0].mlp.experts.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = model(ids)
-        loss = logits.float().square().mean() + model.router_stats().aux_loss
+        out = model(ids)
+        logits = out.logits
+        loss = logits.float().square().mean() + out.aux_loss
     loss.backward()
     assert model.model.layers[0].mlp.experts.gate_up.grad.dtype == torch.float32
     assert seen == [torch.float32]  # accumulated back into the fp32 residual stream
@@ -188,9 +189,9 @@ def test_cached_decode_equals_full_forward():
     model = build_model(get_preset("qwen25-moe-tiny")[0], seed=4).eval()
     ids = torch.randint(0, 8192, (2, 20), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        full = model(ids)
+        full = model(ids).logits
         cache = KVCache.for_model(model, batch=2, capacity=4)
-        steps = [model(ids[:, :12], cache=cache)] + [model(ids[:, t:t + 1], cache=cache) for t in range(12, 20)]
+        steps = [model(ids[:, :12], cache=cache).logits] + [model(ids[:, t:t + 1], cache=cache).logits for t in range(12, 20)]
     assert (full - torch.cat(steps, dim=1)).abs().max() <= 1e-5
 
 
@@ -215,9 +216,9 @@ def test_tiny_moe_preset_trains_with_aux_loss_logged():
     ids = (starts + torch.arange(32)) % 64
     log = []
     for _ in range(15):
-        logits = model(ids)
-        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
-        stats = model.router_stats()
+        out = model(ids)
+        ce = F.cross_entropy(out.logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+        stats = out.router
         loss = ce + stats.weighted_aux_loss
         opt.zero_grad()
         loss.backward()
@@ -299,3 +300,18 @@ def test_released_config_reads_as_the_preset():
     cfg = ModelConfig.from_hf_dict(QWEN2_57B_A14B)
     assert cfg.replace(sliding_window=None, max_window_layers=None, extra={}) == get_preset("qwen2-57b-a14b")[0]
     assert cfg.to_hf_dict()["output_router_logits"] is False  # unknown keys are kept
+
+
+def test_two_forwards_in_one_step_have_independent_aux_losses():
+    """Nothing is stashed on modules: a second forward (a reference model, the rejected half of a DPO pair) does
+    not overwrite the first forward's routing statistics."""
+    model = build_model(get_preset("qwen25-moe-tiny")[0], seed=5)
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randint(0, 8192, (2, 16), generator=g), torch.randint(0, 8192, (3, 9), generator=g)
+    alone_a, alone_b = model(a).router, model(b).router
+    first, second = model(a), model(b)
+    assert torch.equal(first.aux_loss, alone_a.aux_loss) and torch.equal(second.aux_loss, alone_b.aux_loss)
+    assert not torch.equal(first.aux_loss, second.aux_loss)
+    assert first.router.tokens_per_expert.sum() == 2 * 16 * model.config.num_experts_per_tok * len(first.router.layers)
+    (first.aux_loss + second.aux_loss).backward()  # both graphs are alive
+    assert model.model.layers[0].mlp.gate.weight.grad.abs().sum() > 0

@@ -35,9 +35,9 @@ def test_transformers_saves_qwen25_loads(name, tmp_path):
     ours = qwen25.from_pretrained(tmp_path, dtype=torch.float32).eval()
     ids, mask = _inputs(hf.config.vocab_size)
     with torch.no_grad():
-        assert (hf(ids).logits - ours(ids)).abs().max() <= TOL
+        assert (hf(ids).logits - ours(ids).logits).abs().max() <= TOL
         expected = hf(ids, attention_mask=mask).logits
-        got = ours(ids, attention_mask=mask)
+        got = ours(ids, attention_mask=mask).logits
     real = mask.bool()  # padding positions carry no meaning in either implementation
     assert (expected[real] - got[real]).abs().max() <= TOL
 
@@ -54,7 +54,7 @@ def test_qwen25_saves_transformers_loads(name, tmp_path):
     hf = HFQwen2.from_pretrained(tmp_path, dtype=torch.float32).eval()
     ids, _ = _inputs(cfg.vocab_size, seed=2)
     with torch.no_grad():
-        diff = (hf(ids).logits - ours(ids)).abs().max()
+        diff = (hf(ids).logits - ours(ids).logits).abs().max()
     assert diff <= TOL
     if cfg.tie_word_embeddings:
         assert hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()
@@ -68,6 +68,6 @@ def test_bf16_load_matches_transformers_bf16(tmp_path):
     assert next(ours.parameters()).dtype == torch.bfloat16
     ids, _ = _inputs(hf.config.vocab_size)
     with torch.no_grad():
-        a, b = hf16(ids).logits.float(), ours(ids).float()
+        a, b = hf16(ids).logits.float(), ours(ids).logits.float()
     # Same bf16 arithmetic up to kernel choice; far below the bf16-vs-fp32 gap.
     assert (a - b).abs().max() < 2e-2

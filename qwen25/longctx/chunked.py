@@ -11,7 +11,7 @@ import torch
 
 from qwen25.longctx.partial import attend_after_cache
 from qwen25.model.kv_cache import KVCache
-from qwen25.model.qwen2 import AttentionMask, sdpa_gqa
+from qwen25.model.attention import AttentionMask, sdpa_gqa
 from qwen25.model.rope import apply_rotary
 
 
@@ -47,5 +47,5 @@ def prefill(model: torch.nn.Module, ids: torch.Tensor, cache: KVCache, chunk_siz
     cache.prompt_length = cache.length + T
     step = chunk_size or T
     for start in range(0, T, step):
-        logits = model(ids[:, start:start + step], cache=cache, logits_to_keep=1)
+        logits = model(ids[:, start:start + step], cache=cache, logits_to_keep=1).logits
     return logits[:, -1]

@@ -4,6 +4,9 @@ Defaults follow config.json, as the released Qwen checkpoints expect: a `rope_sc
 static YaRN (transformers' behaviour) and a `dual_chunk_attention_config` gives dual chunk attention, with
 sparse prefill inside it when that block enables it (vLLM's behaviour). Everything else is a per-run choice
 that leaves config.json alone.
+
+Importing this module registers the long-context attention backends with the model package
+(`qwen25.model.attention.register_backend`), which itself knows only dense SDPA.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 from qwen25.longctx.chunked import ChunkedAttention
 from qwen25.longctx.dca import DualChunkAttention
 from qwen25.longctx.sparse import SparseAttention, SparseConfig
+from qwen25.model.attention import make_backend, register_backend
 from qwen25.model.config import DualChunkConfig
 
 ROPE_CHOICES = ("config", "plain", "yarn", "dynamic-yarn")
@@ -52,23 +56,26 @@ def configure(model: torch.nn.Module, rope: str = "config", attention: str = "co
     dca = dual_chunk or cfg.dual_chunk
     if attention == "config":
         attention = "dca" if dca is not None else "dense"
-    if attention == "dca" and dca is None:
-        raise ValueError("attention 'dca' needs a dual_chunk_attention_config (none in config.json, none given)")
     if sparse is not None and attention not in ("sparse", "dca"):
         raise ValueError(f"sparse prefill settings apply to attention 'sparse' or 'dca', not {attention!r}")
     if attention == "dca" and rope == "dynamic-yarn":
         raise ValueError("dual chunk attention keeps every position below chunk_size; it is not combined with "
                          "dynamic YaRN")
     model.model.rotary_emb.configure(cfg.rope_theta, scaling, dynamic=rope == "dynamic-yarn")
-    backend = None
-    if attention == "chunked":
-        backend = ChunkedAttention()
-    elif attention == "sparse":
-        backend = SparseAttention(sparse or SparseConfig())
-    elif attention == "dca":
-        if sparse is None and dca.sparse_attention_enabled:
-            sparse = SparseConfig(dca.sparse_attention_config, dca.sparse_attention_threshold,
-                                  dca.sparse_attention_last_q)
-        backend = DualChunkAttention(dca, model.model.rotary_emb, sparse)
-    for layer in model.model.layers:
-        layer.self_attn.backend = backend
+    options = {"dca": {"dual_chunk": dca, "sparse": sparse}, "sparse": {"sparse": sparse}}.get(attention, {})
+    model.set_attention(make_backend(attention, model, **options))
+
+
+def _dual_chunk(model: torch.nn.Module, dual_chunk: DualChunkConfig | None = None,
+                sparse: SparseConfig | None = None) -> DualChunkAttention:
+    dca = dual_chunk or model.config.dual_chunk
+    if dca is None:
+        raise ValueError("attention 'dca' needs a dual_chunk_attention_config (none in config.json, none given)")
+    if sparse is None and dca.sparse_attention_enabled:
+        sparse = SparseConfig(dca.sparse_attention_config, dca.sparse_attention_threshold, dca.sparse_attention_last_q)
+    return DualChunkAttention(dca, model.model.rotary_emb, sparse)
+
+
+register_backend("chunked", lambda model: ChunkedAttention())
+register_backend("sparse", lambda model, sparse=None: SparseAttention(sparse or SparseConfig()))
+register_backend("dca", _dual_chunk)

@@ -24,7 +24,7 @@ from qwen25.longctx.partial import attend, causal_parts, merge
 from qwen25.longctx.sparse import Selection, SparseConfig, covers_all, select_heads, sparse_attend
 from qwen25.model.config import DualChunkConfig
 from qwen25.model.kv_cache import KVCache
-from qwen25.model.qwen2 import AttentionMask
+from qwen25.model.attention import AttentionMask
 from qwen25.model.rope import RotaryEmbedding, apply_rotary
 
 

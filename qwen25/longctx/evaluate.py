@@ -30,7 +30,7 @@ def greedy(model: torch.nn.Module, ids: Sequence[int], max_new_tokens: int, pref
         out.append(token)
         if token in stop_ids or len(out) == max_new_tokens:
             break
-        logits = model(torch.tensor([[token]], device=device), cache=cache)[:, -1]
+        logits = model(torch.tensor([[token]], device=device), cache=cache).logits[:, -1]
     return out
 
 

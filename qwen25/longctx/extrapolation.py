@@ -71,7 +71,7 @@ def train(length: int, steps: int, batch: int, lr: float, seed: int, log=print) 
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         ids, digits = make_batch(batch, length, gen)
-        logits = model(ids, logits_to_keep=DIGITS + 1)[:, :-1]  # predictions for the answer positions
+        logits = model(ids, logits_to_keep=DIGITS + 1).logits[:, :-1]  # predictions for the answer positions
         loss = F.cross_entropy(logits.reshape(-1, VOCAB), digits.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -31,7 +31,7 @@ from qwen25.longctx.chunked import causal_attention
 from qwen25.longctx.partial import attend, merge_with_lse
 from qwen25.model.config import SparseHeadPattern, parse_sparse_patterns
 from qwen25.model.kv_cache import KVCache
-from qwen25.model.qwen2 import AttentionMask
+from qwen25.model.attention import AttentionMask
 from qwen25.model.rope import apply_rotary
 
 BLOCK = 128  # MInference's CUDA kernel uses 64; 128 halves the key gathers per query on a CPU

@@ -22,7 +22,6 @@ from safetensors.torch import save_file
 
 from qwen25.io import atomic_path, atomic_write_text
 from qwen25.model.config import ModelConfig
-from qwen25.model.qwen2 import Qwen2ForCausalLM, torch_dtype
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -140,23 +139,6 @@ def load_state_dict(directory: str | Path, model: torch.nn.Module, dtype: torch.
     return from_hf_tensors(state, model)
 
 
-def from_pretrained(path: str | Path, dtype: torch.dtype | str | None = None,
-                    device: str | torch.device = "cpu") -> Qwen2ForCausalLM:
-    """Load an HF-format Qwen2 directory. `dtype` defaults to the config's dtype."""
-    directory = Path(path)
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory}: not a directory (expected a Hugging Face model directory)")
-    cfg = ModelConfig.from_file(directory)
-    dtype = torch_dtype(dtype or cfg.dtype)
-    with torch.device("meta"):
-        model = Qwen2ForCausalLM(cfg)
-    state = load_state_dict(directory, model, dtype)
-    model.load_state_dict(state, strict=False, assign=True)
-    model.tie_weights()
-    model.generation_config = read_generation_config(directory)
-    return model.to(device)
-
-
 def read_generation_config(directory: Path) -> dict:
     path = directory / "generation_config.json"
     if not path.is_file():
@@ -177,7 +159,7 @@ def default_generation_config(cfg: ModelConfig) -> dict:
     return {k: v for k, v in gen.items() if v is not None}
 
 
-def save_pretrained(model: Qwen2ForCausalLM, directory: str | Path, dtype: torch.dtype | None = None,
+def save_pretrained(model: torch.nn.Module, directory: str | Path, dtype: torch.dtype | None = None,
                     max_shard_bytes: int = 5 * 2**30) -> None:
     """Write an HF directory that transformers and vLLM load unchanged. Each file is written atomically;
     weights first and config.json last, so a directory with a config always has complete weights."""

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import torch
+
 from qwen25.io import atomic_write_text
 
 SUPPORTED_ROPE_TYPES = ("default", "yarn")
@@ -401,3 +403,14 @@ class DualChunkConfig:
         if not isinstance(enabled, bool):
             fail(".sparse_attention_enabled", f"must be true or false, got {enabled!r}")
         return cls(**values)
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {list(_DTYPES)}")
+    return _DTYPES[name]

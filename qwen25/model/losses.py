@@ -1,4 +1,4 @@
-"""Cross-entropy over the LM head without materialising the logits.
+"""Losses over the LM head without materialising the logits: summed cross-entropy and per-token log-probs.
 
 The LM head plus cross-entropy is the largest single cost of training a small model with a large
 vocabulary: the [tokens, vocab] logits are written in the matmul dtype, copied to fp32, passed through
@@ -83,3 +83,64 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
     with torch.autocast(device, enabled=False):
         return _LinearCrossEntropy.apply(hidden, weight, labels, chunk_rows, compute_dtype)
+
+
+class _LinearLogProbs(torch.autograd.Function):
+    """log p(label) per row through the LM head, in chunks, never holding [N, vocab].
+
+    Unlike the summed cross-entropy above, the weight each row's log-prob gets in the loss is unknown until
+    backward (a DPO or GRPO loss mixes them), so forward keeps only the per-row log-sum-exp (fp32) and backward
+    recomputes each chunk's logits: d logp_i / d logits_i = onehot(y_i) - softmax_i, scaled by the incoming grad.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_rows: int,
+                compute_dtype: torch.dtype) -> torch.Tensor:
+        w, h_all = weight.to(compute_dtype), hidden.to(compute_dtype)
+        n = hidden.shape[0]
+        out = torch.zeros(n, dtype=torch.float32, device=hidden.device)
+        lse = torch.zeros(n, dtype=torch.float32, device=hidden.device)
+        for start in range(0, n, chunk_rows):
+            y = labels[start:start + chunk_rows]
+            valid = y != -100
+            logits = (h_all[start:start + chunk_rows] @ w.t()).float()
+            chunk_lse = torch.logsumexp(logits, dim=-1)
+            picked = logits.gather(1, torch.where(valid, y, 0)[:, None]).squeeze(1)
+            out[start:start + chunk_rows] = torch.where(valid, picked - chunk_lse, 0.0)
+            lse[start:start + chunk_rows] = chunk_lse
+        ctx.save_for_backward(hidden, weight, labels, lse)
+        ctx.chunk_rows, ctx.compute_dtype = chunk_rows, compute_dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        hidden, weight, labels, lse = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        w, h_all = weight.to(ctx.compute_dtype), hidden.to(ctx.compute_dtype)
+        grad_h = torch.empty_like(h_all) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        for start in range(0, hidden.shape[0], ctx.chunk_rows):
+            h = h_all[start:start + ctx.chunk_rows]
+            y = labels[start:start + ctx.chunk_rows]
+            valid = y != -100
+            g = torch.where(valid, grad_out[start:start + ctx.chunk_rows].float(), 0.0)
+            grad = (h @ w.t()).float().sub_(lse[start:start + ctx.chunk_rows, None]).exp_().mul_(-g[:, None])
+            grad.scatter_add_(1, torch.where(valid, y, 0)[:, None], g[:, None])
+            grad = grad.to(ctx.compute_dtype)
+            if need_h:
+                torch.mm(grad, w, out=grad_h[start:start + len(h)])
+            if need_w:
+                grad_w += (grad.t() @ h).float()
+        return (None if grad_h is None else grad_h.to(hidden.dtype),
+                None if grad_w is None else grad_w.to(weight.dtype), None, None, None)
+
+
+def linear_log_probs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                     chunk_rows: int = 256) -> torch.Tensor:
+    """[N] log softmax(hidden @ weight.T)[label] in fp32 (0 where label == -100); hidden [N, H], weight [V, H].
+
+    Differentiable with respect to hidden and weight; under autocast the matmuls run in the autocast dtype."""
+    device = hidden.device.type
+    compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    with torch.autocast(device, enabled=False):
+        return _LinearLogProbs.apply(hidden, weight, labels, chunk_rows, compute_dtype)

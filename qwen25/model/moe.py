@@ -24,7 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from qwen25.model.config import ModelConfig
-from qwen25.model.qwen2 import MLP, Linear
+from qwen25.model.layers import MLP, Linear
+
+Routing = tuple[torch.Tensor, torch.Tensor]  # one MoE layer's (router probs [N, E] fp32, selected experts [N, k])
 
 
 def grouped_mm_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -86,8 +88,9 @@ class Experts(nn.Module):
 class SparseMoeBlock(nn.Module):
     """Router + routed experts + gated shared expert; replaces the dense MLP in MoE layers.
 
-    After each forward, `router_probs` [N, E] (fp32) and `selected_experts` [N, k] hold this layer's routing
-    for `router_stats` (the aux loss and per-expert load); they are the tensors the forward itself used.
+    `forward` returns the output and this layer's routing, (router probs [N, E] fp32, selected experts [N, k]):
+    the tensors the forward itself used, from which `router_stats` gives the aux loss and per-expert load.
+    Nothing is kept on the module, so two forwards in one step have two independent routings.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -98,10 +101,8 @@ class SparseMoeBlock(nn.Module):
         self.experts = Experts(cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size)
         self.shared_expert = MLP(cfg.hidden_size, cfg.shared_expert_intermediate_size)
         self.shared_expert_gate = Linear(cfg.hidden_size, 1, bias=False)
-        self.router_probs: torch.Tensor | None = None
-        self.selected_experts: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         logits = self.gate(x)
@@ -109,15 +110,14 @@ class SparseMoeBlock(nn.Module):
         weights, experts = probs.topk(self.top_k, dim=-1)
         if self.norm_topk_prob:
             weights = weights / weights.sum(dim=-1, keepdim=True)
-        self.router_probs, self.selected_experts = probs, experts
         routed = self.experts(x, experts, weights.to(logits.dtype))
         shared = torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
-        return (routed + shared).view(shape)
+        return (routed + shared).view(shape), (probs, experts)
 
 
 @dataclass
 class RouterStats:
-    """Routing of the last forward over every MoE layer, padding excluded.
+    """Routing of one forward over every MoE layer, padding excluded.
 
     The training loss is `ce + stats.weighted_aux_loss`, i.e. `ce + router_aux_loss_coef * aux_loss`, exactly
     what transformers' Qwen2MoeForCausalLM adds when given labels.
@@ -133,35 +133,32 @@ class RouterStats:
         return self.aux_loss_coef * self.aux_loss
 
 
-def router_stats(model: nn.Module) -> RouterStats | None:
-    """Statistics of the last forward of `model` (None for a dense model or before any forward).
+def router_stats(routings: list[tuple[int, Routing]], token_mask: torch.Tensor | None,
+                 aux_loss_coef: float) -> RouterStats | None:
+    """Statistics of one forward from its MoE layers' (layer index, routing); None when there are none.
 
     The aux loss is transformers' `load_balancing_loss_func`, pooled over all MoE layers: with f_e the share of
     (token, slot) assignments that went to expert e (the f_e sum to k) and P_e the mean router probability of
     e, both averaged over layers and real tokens, aux = E * sum_e f_e * P_e. Padding (0 in the attention mask
     of that forward) counts in neither.
     """
-    decoder = model.model
-    found = [(i, layer.mlp) for i, layer in enumerate(decoder.layers) if isinstance(layer.mlp, SparseMoeBlock)]
-    if not found or found[0][1].router_probs is None:
+    if not routings:
         return None
-    num_tokens, num_experts = found[0][1].router_probs.shape
-    mask = decoder.token_mask
-    real = None if mask is None else mask.reshape(-1).bool()
+    num_tokens, num_experts = routings[0][1][0].shape
+    real = None if token_mask is None else token_mask.reshape(-1).bool()
     counts, prob_sums = [], []
-    for _, block in found:
-        probs, selected = block.router_probs, block.selected_experts
+    for _, (probs, selected) in routings:
         if real is not None:
             probs, selected = probs[real], selected[real]
         counts.append(torch.bincount(selected.reshape(-1), minlength=num_experts))
         prob_sums.append(probs.sum(dim=0))
-    rows = (num_tokens if real is None else int(real.sum())) * len(found)
+    rows = (num_tokens if real is None else int(real.sum())) * len(routings)
     tokens_per_expert = torch.stack(counts)
     share = tokens_per_expert.sum(dim=0).float() / rows  # f_e
     mean_prob = torch.stack(prob_sums).sum(dim=0) / rows  # P_e
     aux = num_experts * (share * mean_prob).sum()
-    return RouterStats(aux_loss=aux, aux_loss_coef=model.config.router_aux_loss_coef,
-                       tokens_per_expert=tokens_per_expert, layers=[i for i, _ in found])
+    return RouterStats(aux_loss=aux, aux_loss_coef=aux_loss_coef, tokens_per_expert=tokens_per_expert,
+                       layers=[i for i, _ in routings])
 
 
 def count_activated_parameters(model: nn.Module) -> int:

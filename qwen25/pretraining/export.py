@@ -18,7 +18,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, tokenizer: str | 
     state = torch.load(checkpoint / TRAINER_STATE, weights_only=False)
     cfg = ModelConfig.from_hf_dict(state["model_config"], source=f"{checkpoint / TRAINER_STATE}:model_config")
     model = build_model(cfg, device="cpu")
-    model.set_fused_projections(False)
     load_checkpoint(checkpoint, model, optimizer=None)
     run_dir = checkpoint.parent.parent
     tok_dir = tokenizer or state["recipe"]["tokenizer"]["path"] or run_dir / "tokenizer"

@@ -17,14 +17,14 @@ from qwen25.data.shards import ShardSet, build_shards
 from qwen25.generation import SamplingParams, generate
 from qwen25.io import atomic_write_text
 from qwen25.model import build_model, from_pretrained
-from qwen25.pretraining.export import save_hf
 from qwen25.pretraining.recipe import Recipe
 from qwen25.pretraining.report import write_report
 from qwen25.pretraining.trainer import Pretrainer
 from qwen25.tokenizer import QwenTokenizer, load_tokenizer
 from qwen25.tokenizer.train import bytes_per_token, train_bbpe
 from qwen25.training.checkpoint import checkpoints
-from qwen25.training.distributed import DistInfo, barrier, init_distributed, shutdown
+from qwen25.training.distributed import barrier, init_distributed, shutdown
+from qwen25.training.startup import export_hf
 
 SAMPLE_PROMPTS = ["def fibonacci(n):", "import os\nimport sys\n\n", "The history of the city", "In this paper we",
                   "中国经济", "新华社北京", "37 + 45 =", "Alice has 12 apples and buys 7 more."]
@@ -107,18 +107,6 @@ def prepare_shards(recipe: Recipe, corpus: Path, tok: QwenTokenizer, log) -> tup
     return dirs[0], dirs[1]
 
 
-def export_hf(trainer: Pretrainer, tok: QwenTokenizer, out: Path, info: DistInfo) -> None:
-    """Gather the trained weights and write an HF directory (model + tokenizer)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    state = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if info.main:
-        model = build_model(trainer.inner.config, device="cpu")
-        model.load_state_dict(state, strict=False)
-        model.tie_weights()
-        save_hf(model, tok, out, tok.endoftext_id)
-
-
 def samples(model, tok: QwenTokenizer, seed: int, max_new_tokens: int = 48) -> list[dict]:
     model.eval()
     params = SamplingParams(max_new_tokens=max_new_tokens, do_sample=True, temperature=0.8, top_k=40,
@@ -143,7 +131,7 @@ def run_pipeline(recipe: Recipe, resume: bool = False, fresh: bool = False) -> P
                     path = recipe.directory / old
                     shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
             if not resume and checkpoints(recipe.directory / "checkpoints"):
-                raise SystemExit(f"{recipe.directory} already has checkpoints: pass --resume to continue that run, "
+                raise ValueError(f"{recipe.directory} already has checkpoints: pass --resume to continue that run, "
                                  "or choose another name")
             t = time.perf_counter()
             corpus = prepare_corpus(recipe, log)
@@ -163,7 +151,9 @@ def run_pipeline(recipe: Recipe, resume: bool = False, fresh: bool = False) -> P
         metrics = trainer.run()
         timings["train"] = time.perf_counter() - t
         hf_dir = recipe.directory / "hf"
-        export_hf(trainer, tok, hf_dir, info)
+        eot = tok.endoftext_id
+        export_hf(trainer.trainer.model, trainer.inner.config, tok, hf_dir, info,
+                  {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot})
         if not info.main:
             return None
         trained = from_pretrained(hf_dir)

@@ -1,19 +1,22 @@
-"""Pretraining recipes: small dataclasses loaded from TOML, with `--set section.key=value` overrides.
+"""Pretraining recipes: small dataclasses loaded from TOML (`qwen25.training.recipe`), with `--set
+section.key=value` overrides.
 
-An unknown or mistyped key is an error naming the key and the file, raised before anything runs.
+An unknown or mistyped key, or a value out of range, is an error naming the key and the file, raised before
+anything runs (no corpus, tokenizer or shards are prepared for a recipe that cannot train).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import tomllib
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
+from qwen25.training import recipe as recipe_io
+from qwen25.training.recipe import RecipeError
+from qwen25.training.trainer import TrainConfig
 
-class RecipeError(ValueError):
-    pass
+TrainSection = TrainConfig  # the [train] table is the trainer's own
 
 
 @dataclass
@@ -38,24 +41,6 @@ class DataSection:
     mixture: dict[str, float] = field(default_factory=lambda: {"code": 0.3, "en": 0.3, "zh": 0.3, "math": 0.1})
     workers: int = 2
     document_masking: bool = False
-
-
-@dataclass
-class TrainSection:
-    micro_batch: int = 16  # rows per forward pass on each process
-    dtype: str = "bfloat16"  # autocast dtype; "float32" trains without autocast
-    weight_decay: float = 0.1
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    grad_clip: float = 1.0
-    eval_every: int = 100
-    eval_batches: int = 8
-    checkpoint_every: int = 200
-    keep_last: int = 2
-    compile: bool = False
-    activation_checkpointing: bool = False
-    parallel: str = "fsdp"  # used when launched with torchrun: "fsdp", "ddp" or "none"
-    device: str = "auto"
-    max_steps: int = 0  # stop after this many steps in total (0: run every stage to its budget)
 
 
 @dataclass
@@ -85,7 +70,7 @@ class Recipe:
     model: ModelSection = field(default_factory=ModelSection)
     tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
     data: DataSection = field(default_factory=DataSection)
-    train: TrainSection = field(default_factory=TrainSection)
+    train: TrainConfig = field(default_factory=TrainConfig)
     stages: list[StageSection] = field(default_factory=lambda: [StageSection()])
     source: str = "<defaults>"
 
@@ -94,113 +79,88 @@ class Recipe:
         return Path(self.run_dir or f"runs/{self.name}")
 
     def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out.pop("source")
-        return out
+        return recipe_io.to_dict(self)
+
+    def validate(self) -> None:
+        validate(self)
 
 
-_SECTIONS = {"model": ModelSection, "tokenizer": TokenizerSection, "data": DataSection, "train": TrainSection}
+def validate(r: Recipe) -> None:
+    """Ranges, not only types: everything a run would trip over later (or silently train wrong on)."""
+    src = r.source
+
+    def fail(where: str, why: str) -> None:
+        raise RecipeError(f"{src}: {where} {why}")
+
+    try:
+        r.train.validate("train")
+    except ValueError as e:
+        raise RecipeError(f"{src}: {e}") from None
+    if not r.name or "/" in r.name:
+        fail("name", f"must be a non-empty name without '/', got {r.name!r}")
+    if r.tokenizer.vocab_size < 256 + 22 + 1:
+        fail("tokenizer.vocab_size", f"must be > 278 (256 bytes + 22 control tokens), got {r.tokenizer.vocab_size}")
+    if r.tokenizer.train_bytes < 1:
+        fail("tokenizer.train_bytes", f"must be >= 1, got {r.tokenizer.train_bytes}")
+    for domain, size in r.data.bytes_per_domain.items():
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            fail(f"data.bytes_per_domain.{domain}", f"must be an integer >= 0, got {size!r}")
+    if not 0 <= r.data.heldout_per_mille < 1000:
+        fail("data.heldout_per_mille", f"must be in [0, 1000), got {r.data.heldout_per_mille}")
+    if r.data.workers < 1:
+        fail("data.workers", f"must be >= 1, got {r.data.workers}")
+    for domain, weight in r.data.mixture.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            fail(f"data.mixture.{domain}", f"must be a number >= 0, got {weight!r}")
+    if not sum(r.data.mixture.values()) > 0:
+        fail("data.mixture", "must give some domain a positive weight")
+    micro = r.train.micro_batch
+    for i, s in enumerate(r.stages):
+        where = f"stages[{i}]"
+        if s.seq_len < 2:
+            fail(f"{where}.seq_len", f"must be >= 2, got {s.seq_len}")
+        if s.batch < 1:
+            fail(f"{where}.batch", f"must be >= 1, got {s.batch}")
+        if s.batch % micro and micro < s.batch:
+            fail(f"{where}.batch", f"({s.batch}) must be a multiple of train.micro_batch ({micro})")
+        if s.tokens <= 0:
+            fail(f"{where}.tokens", f"must be > 0, got {s.tokens}")
+        if not (s.lr > 0 and math.isfinite(s.lr)):
+            fail(f"{where}.lr", f"must be > 0, got {s.lr}")
+        if not s.rope_theta > 0:
+            fail(f"{where}.rope_theta", f"must be > 0, got {s.rope_theta}")
+        if s.warmup_steps < 0:
+            fail(f"{where}.warmup_steps", f"must be >= 0, got {s.warmup_steps}")
+        if not 0 <= s.min_lr_ratio <= 1:
+            fail(f"{where}.min_lr_ratio", f"must be in [0, 1], got {s.min_lr_ratio}")
+        if not 0 < s.decay_fraction <= 1:
+            fail(f"{where}.decay_fraction", f"must be in (0, 1], got {s.decay_fraction}")
+        if not 0 < s.long_fraction <= 1:
+            fail(f"{where}.long_fraction", f"must be in (0, 1], got {s.long_fraction}")
+        if s.schedule not in ("cosine", "wsd", "constant"):
+            fail(f"{where}.schedule", f"must be cosine, wsd or constant, got {s.schedule!r}")
 
 
-def _check_type(value: Any, hint: Any, where: str) -> Any:
-    origin = getattr(hint, "__origin__", None)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float, str, bool):
-        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-            raise RecipeError(f"{where} must be {hint.__name__}, got {value!r}")
-        return value
-    if origin in (list, dict) and not isinstance(value, origin):
-        raise RecipeError(f"{where} must be a {origin.__name__}, got {value!r}")
-    return value
-
-
-def _fill(cls: type, raw: dict, where: str) -> Any:
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = {}
-    for key, value in raw.items():
-        if key not in names or key == "source":
-            raise RecipeError(f"{where}: unknown key '{key}' (known: {', '.join(sorted(names - {'source'}))})")
-        values[key] = _check_type(value, hints[key], f"{where}.{key}")
-    return cls(**values)
+def check_world(r: Recipe, world: int) -> None:
+    """Every stage's batch splits into `world` processes x micro_batch rows (checked once the world is known)."""
+    for i, s in enumerate(r.stages):
+        per_rank = s.batch // world if s.batch % world == 0 else 0
+        if not per_rank or per_rank % min(r.train.micro_batch, per_rank):
+            raise RecipeError(f"{r.source}: stages[{i}].batch {s.batch} does not split into {world} processes x "
+                              f"train.micro_batch {r.train.micro_batch}")
 
 
 def recipe_from_dict(raw: dict, source: str = "<dict>") -> Recipe:
-    raw = dict(raw)
-    kwargs: dict[str, Any] = {"source": source}
-    for key in list(raw):
-        if key in _SECTIONS:
-            if not isinstance(raw[key], dict):
-                raise RecipeError(f"{source}: [{key}] must be a table")
-            kwargs[key] = _fill(_SECTIONS[key], raw.pop(key), f"{source}: {key}")
-        elif key == "stages":
-            stages = raw.pop(key)
-            if not isinstance(stages, list) or not stages:
-                raise RecipeError(f"{source}: 'stages' must be a non-empty array of tables ([[stages]])")
-            kwargs["stages"] = [_fill(StageSection, s, f"{source}: stages[{i}]") for i, s in enumerate(stages)]
-    top = _fill(Recipe, raw, source)
-    recipe = dataclasses.replace(top, **kwargs)
+    recipe = recipe_io.fill(Recipe, raw, source)
+    if not recipe.stages:
+        raise RecipeError(f"{source}: 'stages' must be a non-empty array of tables ([[stages]])")
+    recipe = replace(recipe, source=source)
     validate(recipe)
     return recipe
 
 
-def validate(r: Recipe) -> None:
-    src = r.source
-    if r.train.parallel not in ("fsdp", "ddp", "none"):
-        raise RecipeError(f"{src}: train.parallel must be 'fsdp', 'ddp' or 'none', got {r.train.parallel!r}")
-    if r.train.dtype not in ("bfloat16", "float32", "float16"):
-        raise RecipeError(f"{src}: train.dtype must be bfloat16, float16 or float32, got {r.train.dtype!r}")
-    for i, s in enumerate(r.stages):
-        if s.batch % r.train.micro_batch and r.train.micro_batch < s.batch:
-            raise RecipeError(f"{src}: stages[{i}].batch ({s.batch}) must be a multiple of train.micro_batch "
-                              f"({r.train.micro_batch})")
-        if not 0 < s.long_fraction <= 1:
-            raise RecipeError(f"{src}: stages[{i}].long_fraction must be in (0, 1], got {s.long_fraction}")
-        if s.schedule not in ("cosine", "wsd", "constant"):
-            raise RecipeError(f"{src}: stages[{i}].schedule must be cosine, wsd or constant, got {s.schedule!r}")
-        if s.seq_len < 2 or s.tokens <= 0 or s.lr <= 0:
-            raise RecipeError(f"{src}: stages[{i}] needs seq_len >= 2, tokens > 0 and lr > 0")
-    if abs(sum(r.data.mixture.values())) <= 0:
-        raise RecipeError(f"{src}: data.mixture must give some domain a positive weight")
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    if "=" not in text:
-        raise RecipeError(f"override {text!r} must look like section.key=value")
-    path, value = text.split("=", 1)
-    try:
-        parsed = tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
-        parsed = value  # a bare word is a string
-    return path.strip().split("."), parsed
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    for text in overrides:
-        keys, value = parse_override(text)
-        node: Any = raw
-        for i, key in enumerate(keys[:-1]):
-            if isinstance(node, list):
-                if not key.isdigit() or int(key) >= len(node):
-                    raise RecipeError(f"override {text!r}: no element {key} in '{'.'.join(keys[:i])}'")
-                node = node[int(key)]
-            else:
-                node = node.setdefault(key, {})
-        last = keys[-1]
-        if isinstance(node, list):
-            node[int(last)] = value
-        else:
-            node[last] = value
-    return raw
-
-
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{path}: recipe file not found")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise RecipeError(f"{path}: not valid TOML ({e})") from None
-    return recipe_from_dict(apply_overrides(raw, overrides or []), source=str(path))
+    raw = recipe_io.apply_overrides(recipe_io.read_toml(path), overrides or [])
+    return recipe_from_dict(raw, source=str(path))
+
+

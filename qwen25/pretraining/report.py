@@ -18,13 +18,13 @@ def plot_losses(metrics: list[dict], stage_names: list[str], out: Path) -> None:
 
     train = [m for m in metrics if "loss" in m]
     evals = [m for m in metrics if "eval_loss" in m]
-    starts = [m for m in metrics if m.get("event") == "stage_start"]
+    starts = [m for m in metrics if m.get("event") == "phase_start"]
     fig, ax = plt.subplots(figsize=(9, 4.8), dpi=110)
     ax.plot([m["step"] for m in train], [m["loss"] for m in train], lw=0.8, alpha=0.6, label="train loss")
     ax.plot([m["step"] for m in evals], [m["eval_loss"] for m in evals], "o-", ms=3.5, label="held-out loss")
     for m in starts:
         ax.axvline(m["step"], color="gray", ls="--", lw=0.8)
-        ax.text(m["step"], ax.get_ylim()[1], f" {stage_names[m['stage']]}: seq {m['seq_len']}, "
+        ax.text(m["step"], ax.get_ylim()[1], f" {stage_names[m['phase']]}: seq {m['seq_len']}, "
                 f"RoPE base {m['rope_theta']:g}", va="top", ha="left", fontsize=8, color="dimgray")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats/token)")
@@ -56,7 +56,7 @@ def write_report(recipe, trainer, metrics: list[dict], samples: dict, compressio
               "| stage | seq len | RoPE base | steps | tokens | held-out loss at end | bits/byte | by domain (bits/byte) |",
               "|---|---|---|---|---|---|---|---|"]
     for i, stage in enumerate(recipe.stages):
-        stage_evals = [m for m in evals if m["stage"] == i]
+        stage_evals = [m for m in evals if m["phase"] == i]
         if not stage_evals:
             continue
         end = stage_evals[-1]
@@ -68,7 +68,7 @@ def write_report(recipe, trainer, metrics: list[dict], samples: dict, compressio
         mfu = [m["mfu"] for m in train[len(train) // 10:]]
         lines += ["", "## Throughput", "",
                   f"Median {statistics.median(tps):,.0f} tokens/s, MFU {100 * statistics.median(mfu):.1f}% of the "
-                  f"measured matmul peak ({trainer.peak / 1e9:.0f} GFLOP/s, {recipe.train.dtype}), peak memory "
+                  f"measured matmul peak ({trainer.trainer.peak_flops / 1e9:.0f} GFLOP/s, {recipe.train.dtype}), peak memory "
                   f"{max(m['memory_mb'] for m in train):,.0f} MB, {trainer.info.world} process(es) on "
                   f"{trainer.info.device.type}."]
     lines += ["", "## Tokenizer", "",

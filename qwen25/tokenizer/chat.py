@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from qwen25.tokenizer.core import CONTROL_TOKENS, DEFAULT_SYSTEM_PROMPT
+from qwen25.tokenizer.special import CONTROL_TOKENS, DEFAULT_SYSTEM_PROMPT
 
 if TYPE_CHECKING:
     from qwen25.tokenizer.core import QwenTokenizer

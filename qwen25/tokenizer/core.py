@@ -17,20 +17,8 @@ from typing import Any
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 
 from qwen25.io import atomic_write_text
-
-PAT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-       r"|\s+(?!\S)|\s+")
-
-CONTROL_TOKENS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
-    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
-    "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
-    "<|repo_name|>", "<|file_sep|>",
-)
-NUM_SPECIAL = 14  # the first 14 are `special` (skipped by skip_special_tokens); the last 8 are not
-
-DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+from qwen25.tokenizer.chat import encode_chat, render_chat
+from qwen25.tokenizer.special import CONTROL_TOKENS, DEFAULT_SYSTEM_PROMPT, NUM_SPECIAL, PAT  # noqa: F401 (re-exported)
 
 
 def chat_template() -> str:
@@ -202,13 +190,9 @@ class QwenTokenizer:
 
     def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None,
                             add_generation_prompt: bool = False) -> str:
-        from qwen25.tokenizer.chat import render_chat
-
         return render_chat(messages, tools, add_generation_prompt).text
 
     def encode_chat(self, messages: list[dict], tools: list[dict] | None = None,
                     add_generation_prompt: bool = False) -> tuple[list[int], list[bool]]:
         """(ids, assistant_mask): the mask marks the tokens an SFT loss trains on."""
-        from qwen25.tokenizer.chat import encode_chat
-
         return encode_chat(self, messages, tools, add_generation_prompt)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
 
 @dataclass
@@ -60,6 +61,14 @@ def wrap_model(model: nn.Module, mode: str, info: DistInfo) -> nn.Module:
         fully_shard(model, mesh=mesh)
         return model
     raise ValueError(f"parallel mode must be 'none', 'ddp' or 'fsdp', got {mode!r}")
+
+
+def apply_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each decoder layer's activations in backward instead of keeping them, applied from outside like
+    FSDP: every layer is wrapped in torch's checkpoint wrapper, whose state-dict hooks keep the parameter names."""
+    layers = model.model.layers
+    for i, layer in enumerate(layers):
+        layers[i] = checkpoint_wrapper(layer)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

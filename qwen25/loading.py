@@ -1,0 +1,44 @@
+"""Load a model the way a user names it, ready to run: a checkpoint directory or a preset name, with the
+attention its config asks for (a `dual_chunk_attention_config` serves with dual chunk attention, as vLLM
+does for Qwen2.5-1M).
+
+This is the one place that joins the model package and the long-context backends, so `qwen25.model` never
+imports `qwen25.longctx`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from qwen25.longctx import configure
+from qwen25.model import Qwen2ForCausalLM, build_model, get_preset
+from qwen25.model import from_pretrained as _read_checkpoint
+
+
+def prepare(model: Qwen2ForCausalLM) -> Qwen2ForCausalLM:
+    """Give a model the RoPE and attention its config asks for (dense unless the config says otherwise)."""
+    if model.config.dual_chunk_attention_config is not None:
+        configure(model)
+    return model
+
+
+def from_pretrained(path: str | Path, dtype: torch.dtype | str | None = None,
+                    device: str | torch.device = "cpu") -> Qwen2ForCausalLM:
+    """An HF-format directory, loaded with the attention its config asks for."""
+    return prepare(_read_checkpoint(path, dtype=dtype, device=device))
+
+
+def load_model(name_or_path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
+               seed: int = 0) -> Qwen2ForCausalLM:
+    """A checkpoint directory, or a preset name (randomly initialised with `seed`)."""
+    if Path(name_or_path).exists():
+        return from_pretrained(name_or_path, dtype=dtype, device=device)
+    try:
+        cfg, gen = get_preset(str(name_or_path))
+    except KeyError as e:
+        raise ValueError(f"{name_or_path!r} is neither a model directory nor a preset: {e.args[0]}") from None
+    model = build_model(cfg, device=device, dtype=dtype, seed=seed)
+    model.generation_config = gen
+    return prepare(model)

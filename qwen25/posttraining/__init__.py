@@ -1,0 +1,1 @@
+"""Post-training (report §4): SFT, reward model, DPO, GRPO; each a stage of the one trainer."""
