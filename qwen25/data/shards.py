@@ -42,12 +42,13 @@ def _init_worker(tokenizer_dir: str) -> None:
     global _worker_tok
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
     _worker_tok = load_tokenizer(tokenizer_dir)
+    _worker_tok.encode_ordinary("")  # build the fast encoder (or find why not) before the first chunk
 
 
 def _encode_chunk(docs: list[tuple[str, str]]) -> list[tuple[str, np.ndarray]]:
     tok = _worker_tok
     eot = tok.endoftext_id
-    ids = tok.encode_batch([text for _, text in docs])
+    ids = tok.encode_batch([text for _, text in docs], num_threads=1)
     return [(domain, np.array(d + [eot], dtype=DTYPE)) for (domain, _), d in zip(docs, ids)]
 
 

@@ -1,9 +1,11 @@
 """The Qwen2.5 tokenizer design: byte-level BPE with an NFC normaliser, the Qwen split regex, and 22 control
 tokens placed right after the regular vocabulary (SPEC §3).
 
-Encoding runs in the `tokenizers` library (Rust). A `QwenTokenizer` wraps one HF `tokenizer.json` and adds
-what the project needs: control-token ids by name, an encoder that never produces control ids from text
-(`encode_ordinary`, for documents and chat content), and the chat format.
+A `QwenTokenizer` wraps one HF `tokenizer.json` (the on-disk format, which transformers loads) and adds what
+the project needs: control-token ids by name, an encoder that never produces control ids from text
+(`encode_ordinary`, for documents and chat content), and the chat format. Ordinary encoding runs on
+tiktoken's core with the same vocabulary where that provably gives the same ids (`qwen25/tokenizer/fast.py`),
+else in the `tokenizers` library; everything else runs in `tokenizers`.
 """
 
 from __future__ import annotations
@@ -14,11 +16,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from qwen25.io import atomic_write_text
 from qwen25.tokenizer.chat import encode_chat, render_chat
-from qwen25.tokenizer.special import CONTROL_TOKENS, DEFAULT_SYSTEM_PROMPT, NUM_SPECIAL, PAT  # noqa: F401 (re-exported)
+from qwen25.tokenizer.fast import FastEncoder, cached_merge_problem, map_in_threads, merge_problem
+from qwen25.tokenizer.special import (  # noqa: F401 (re-exported)
+    CONTROL_TOKENS,
+    DEFAULT_SYSTEM_PROMPT,
+    FAST_PAT,
+    NUM_SPECIAL,
+    PAT,
+)
 
 
 def chat_template() -> str:
@@ -35,6 +44,14 @@ def apply_byte_level_pipeline(tok: Tokenizer) -> None:
     ])
     tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+
+
+def byte_level_pipeline_json() -> dict[str, Any]:
+    """The normaliser and pre-tokeniser above as tokenizer.json spells them."""
+    tok = Tokenizer(models.BPE())
+    apply_byte_level_pipeline(tok)
+    raw = json.loads(tok.to_str())
+    return {"normalizer": raw["normalizer"], "pre_tokenizer": raw["pre_tokenizer"]}
 
 
 def add_control_tokens(tok: Tokenizer) -> None:
@@ -135,6 +152,26 @@ class QwenTokenizer:
         raw["added_tokens"] = []
         return Tokenizer.from_str(json.dumps(raw))
 
+    @cached_property
+    def _fast(self) -> tuple[FastEncoder | None, str | None]:
+        """(tiktoken-core encoder, None) where it gives the ids `_ordinary` gives, else (None, why not)."""
+        text = self.tok.to_str()
+        raw = json.loads(text)
+        design = byte_level_pipeline_json()
+        for key in design:
+            if raw.get(key) != design[key]:
+                return None, f"its {key} is not the Qwen2.5 design's"
+        problem = cached_merge_problem(text, lambda: merge_problem(raw["model"], self.tok.model))
+        if problem:
+            return None, problem
+        return FastEncoder.build(raw["model"]["vocab"], FAST_PAT), None
+
+    @property
+    def ordinary_backend(self) -> str:
+        """Which library `encode_ordinary` runs in, and why when it is not tiktoken's core."""
+        fast, problem = self._fast
+        return "tiktoken" if fast else f"tokenizers ({problem})"
+
     # ---- ids -----------------------------------------------------------------------------------
 
     @property
@@ -172,14 +209,24 @@ class QwenTokenizer:
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Text only: a literal '<|im_start|>' stays text. Use for documents and message content."""
+        fast = self._fast[0]
+        if fast is not None:
+            try:
+                return fast.encode(text)
+            except (TypeError, UnicodeEncodeError):
+                pass  # not a str, or lone surrogates: the tokenizers path raises its usual error
         return self._ordinary.encode(text, add_special_tokens=False).ids
 
     def encode_ordinary_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """The same ids as `encode_ordinary`, with character offsets (from the tokenizers path)."""
         enc = self._ordinary.encode(text, add_special_tokens=False)
         return enc.ids, enc.offsets
 
-    def encode_batch(self, texts: list[str], ordinary: bool = True) -> list[list[int]]:
-        """Many texts at once on the library's thread pool."""
+    def encode_batch(self, texts: list[str], ordinary: bool = True, num_threads: int | None = None) -> list[list[int]]:
+        """Many texts at once on `num_threads` threads (default: all usable CPUs; tiktoken's core path) or
+        on the tokenizers library's own thread pool (its path, sized by it)."""
+        if ordinary and self._fast[0] is not None:
+            return map_in_threads(self.encode_ordinary, texts, num_threads)
         tok = self._ordinary if ordinary else self.tok
         return [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
 

@@ -24,6 +24,7 @@ from tokenizers.models import BPE
 
 from qwen25.io import atomic_write_bytes, cache_dir
 from qwen25.tokenizer.core import QwenTokenizer, add_control_tokens, apply_byte_level_pipeline, tokenizer_config
+from qwen25.tokenizer.fast import bytes_to_unicode
 
 QWEN_AGENT_VERSION = "0.0.34"
 TIKTOKEN_MEMBER = "qwen_agent/utils/qwen.tiktoken"
@@ -42,20 +43,6 @@ def qwen_agent_wheels() -> list[Path]:
 
 def official_dir() -> Path:
     return cache_dir() / "tokenizers" / "qwen2.5"
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map used by byte-level BPE vocabularies."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    chars = list(printable)
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {b: chr(c) for b, c in zip(printable, chars)}
 
 
 def find_tiktoken_file() -> Path:

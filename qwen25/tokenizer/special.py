@@ -3,6 +3,11 @@
 
 PAT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
        r"|\s+(?!\S)|\s+")
+# The same matches for tiktoken's regex engine (fancy-regex), faster: the five lookahead-free alternatives
+# grouped so the engine hands them to the `regex` crate in one call instead of one call per alternative,
+# and the final `\s+` written `\s` (it is only reached for one whitespace character before a non-space).
+FAST_PAT = (r"(?:(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+            r"|\s*[\r\n]+)|\s+(?!\S)|\s")
 
 CONTROL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
