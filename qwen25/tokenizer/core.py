@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers.models import BPE
 
 from qwen25.io import atomic_write_text
 from qwen25.tokenizer.chat import encode_chat, render_chat
@@ -63,6 +64,17 @@ def add_control_tokens(tok: Tokenizer) -> None:
         added = tok.add_special_tokens([token]) if i < NUM_SPECIAL else tok.add_tokens([token])
         if added != 1 or tok.token_to_id(content) != first + i:
             raise ValueError(f"control token {content!r} did not get id {first + i}")
+
+
+def byte_level_bpe(vocab: dict[str, int], merges: list[tuple[str, str]],
+                   config: dict[str, Any] | None = None) -> QwenTokenizer:
+    """A tokenizer of this design from a byte-level vocabulary (GPT-2 characters) and its merges in rank
+    order, with the 22 control tokens appended: the official one, or one read from a model file."""
+    tok = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, unk_token=None, continuing_subword_prefix="",
+                        end_of_word_suffix="", fuse_unk=False, byte_fallback=False, ignore_merges=False))
+    apply_byte_level_pipeline(tok)
+    add_control_tokens(tok)
+    return QwenTokenizer(tok, config)
 
 
 def tokenizer_config(model_max_length: int = 131072) -> dict[str, Any]:

@@ -13,17 +13,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
-from tokenizers import Tokenizer
-from tokenizers.models import BPE
-
-from qwen25.io import atomic_write_bytes, cache_dir
-from qwen25.tokenizer.core import QwenTokenizer, add_control_tokens, apply_byte_level_pipeline, tokenizer_config
+from qwen25.io import atomic_directory, atomic_write_bytes, cache_dir
+from qwen25.tokenizer.core import QwenTokenizer, byte_level_bpe, tokenizer_config
 from qwen25.tokenizer.fast import bytes_to_unicode
 
 QWEN_AGENT_VERSION = "0.0.34"
@@ -106,11 +100,7 @@ def build_official(tiktoken_path: str | Path | None = None) -> QwenTokenizer:
 
     vocab = {unicode(token): rank for token, rank in ranks.items()}
     merges = [(unicode(a), unicode(b)) for a, b in derive_merges(ranks)]
-    tok = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, unk_token=None, continuing_subword_prefix="",
-                        end_of_word_suffix="", fuse_unk=False, byte_fallback=False, ignore_merges=False))
-    apply_byte_level_pipeline(tok)
-    add_control_tokens(tok)
-    return QwenTokenizer(tok, tokenizer_config(model_max_length=131072))
+    return byte_level_bpe(vocab, merges, tokenizer_config(model_max_length=131072))
 
 
 def official_tokenizer(rebuild: bool = False) -> QwenTokenizer:
@@ -118,16 +108,6 @@ def official_tokenizer(rebuild: bool = False) -> QwenTokenizer:
     target = official_dir()
     if rebuild or not (target / "tokenizer.json").is_file():
         tok = build_official()
-        staging = Path(tempfile.mkdtemp(prefix=".qwen2.5-", dir=target.parent if target.parent.exists()
-                                        else _mkdir(target.parent)))
-        tok.save(staging)
-        staging.chmod(0o755)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)  # the whole directory appears at once
+        with atomic_directory(target) as staging:  # the whole directory appears at once
+            tok.save(staging)
     return QwenTokenizer.from_dir(target)
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
