@@ -157,6 +157,12 @@ def cmd_pretrain_export(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def cmd_pipeline_run(args: argparse.Namespace) -> None:
+    from qwen25.pipeline import run_all
+
+    run_all(args.pretrain_recipe, args.sft_recipe, fresh=args.fresh)
+
+
 def cmd_sft_run(args: argparse.Namespace) -> None:
     from qwen25.posttraining.sft import load_sft_recipe, run_sft
 
@@ -355,6 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--tokenizer", help="tokenizer to copy beside the model (default: the run's)")
     p.set_defaults(func=cmd_pretrain_export)
+
+    pipe = sub.add_parser("pipeline", help="every stage end to end (what `make run` runs)").add_subparsers(
+        dest="action", required=True)
+    p = pipe.add_parser("run", help="pretraining -> SFT -> one report (runs/tiny/report.md)")
+    p.add_argument("--pretrain-recipe", default="recipes/tiny.toml")
+    p.add_argument("--sft-recipe", default="recipes/sft-tiny.toml")
+    p.add_argument("--fresh", action="store_true", help="start over (prepared data is kept)")
+    p.set_defaults(func=cmd_pipeline_run)
 
     sft = sub.add_parser("sft", help="supervised fine-tuning on chat conversations").add_subparsers(
         dest="action", required=True)
