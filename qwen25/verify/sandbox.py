@@ -311,7 +311,9 @@ def _classify(report: dict, stopped: str | None, limits: Limits, isolation: str)
         return "memory_limit", f"resident memory exceeded {limits.memory_bytes} bytes"
     if "signal" in report:
         sig = report["signal"]
-        if sig in (signal.SIGXCPU, signal.SIGKILL) and report.get("cpu_seconds", 0) >= limits.cpu_seconds - 0.05:
+        # SIGXCPU is the CPU soft limit; SIGKILL the hard one a second later (if SIGXCPU was ignored).
+        # rusage is sampled at ticks and can read a little under the limit.
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and report.get("cpu_seconds", 0) >= 0.9 * limits.cpu_seconds):
             return "timeout", f"CPU time limit of {limits.cpu_seconds:g} s"
         if sig == signal.SIGXFSZ:
             return "error", f"file size limit of {limits.file_size_bytes} bytes"
