@@ -181,6 +181,7 @@ def test_writing_outside_the_working_directory_fails_and_workdir_is_removed(tmp_
     targets = [tmp_path / name, Path("/tmp") / name, Path("/dev/shm") / name, Path("/root") / name,
                Path(__file__).parent / name, Path("/var/tmp") / name]
     tmp_path.chmod(0o777)  # even a world-writable host directory stays untouched
+    before = set(Path(tempfile.gettempdir()).glob("qwen25-sandbox-*"))
     r = run_program(_py(f"""
         import json, os, ctypes
         results = {{}}
@@ -202,8 +203,8 @@ def test_writing_outside_the_working_directory_fails_and_workdir_is_removed(tmp_
     for target in targets:
         assert out[str(target)] != "written" and not target.exists()
     assert out["remount"] != 0
-    assert out["inside"] == "fine"
-    assert not Path(out["cwd"]).exists()
+    assert out["inside"] == "fine" and out["cwd"] == "/tmp/sandbox"
+    assert set(Path(tempfile.gettempdir()).glob("qwen25-sandbox-*")) <= before  # the host directory is gone
 
 
 def test_parent_environment_is_not_visible(monkeypatch):

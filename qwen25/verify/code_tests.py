@@ -63,7 +63,7 @@ def extract_code(response: str, language: str = "python", entry_point: str | Non
 
 def _run_verdict(run: RunResult) -> Verdict | None:
     """A verdict for runs that ended before the tests could report; None when the tests ran."""
-    details = {"run_status": run.status, "stderr": run.stderr[-2000:], "wall_seconds": round(run.wall_seconds, 3)}
+    details = {"run_status": run.status, "stderr": run.stderr[-2000:]}
     if run.status == "timeout":
         return Verdict(False, f"timed out ({run.reason})", "timeout", details)
     if run.status in ("memory_limit", "output_limit", "compile_error", "sandbox_error"):
@@ -84,7 +84,7 @@ def verify_python_asserts(code: str, tests: Sequence[str], limits: Limits | None
     if early:
         return early
     report = [line for line in run.stdout.splitlines() if line.startswith(marker)]
-    details = {"run_status": run.status, "stderr": run.stderr[-2000:], "wall_seconds": round(run.wall_seconds, 3)}
+    details = {"run_status": run.status, "stderr": run.stderr[-2000:]}  # no timings: verdicts are reproducible
     if not report:
         last = run.stderr.strip().splitlines()[-1:] or [run.reason]
         return Verdict(False, f"the code stopped before the tests ran: {last[0]}", "error", details)

@@ -5,13 +5,15 @@ Each run goes through `sandbox_init.py` (see its docstring for the process tree)
 - namespaces (isolation "root" when we are root, "userns" through an unprivileged user namespace otherwise):
   a network namespace with no interface up (no connection leaves, not even to localhost); a pid namespace
   whose init is ours (the program sees no host process, and everything it starts dies with the run); a
-  mount namespace where every filesystem is read-only except the working directory;
+  mount namespace where every filesystem is read-only except the working directory, which the program sees
+  at /tmp/sandbox on a private /tmp (the same path every run, so tracebacks are reproducible);
 - as root, the program runs as a fresh random uid (no capabilities, no access to root's files, and an
   RLIMIT_NPROC of its own, since the kernel exempts root from that limit);
 - rlimits on CPU time, address space, processes/threads, file size and open files; init also sums the
   resident memory of the whole sandbox and kills it above `memory_bytes` (a fork of memory hogs is caught);
 - a wall-clock timeout that SIGKILLs the launcher's process group (the program cannot ignore it);
-- an empty environment (HOME and TMPDIR are the working directory, which is removed afterwards);
+- an empty environment (HOME and TMPDIR are the working directory; the host directory behind it is removed
+  afterwards);
 - stdout/stderr read up to `output_bytes` each; beyond that the run is killed.
 
 Isolation "none" (no namespaces available) keeps the rlimits, the uid drop as root, the environment and the
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 LAUNCHER = Path(__file__).with_name("sandbox_init.py")
+SANDBOX_DIR = "/tmp/sandbox"  # the working directory as programs see it (sandbox_init.SANDBOX_DIR)
 SETUP_FAILED = 125
 _MIB = 1 << 20
 
@@ -183,7 +186,8 @@ def _execute(argv: list[str], workdir: Path, stdin: str, limits: Limits, isolati
              uid: int | None) -> RunResult:
     """One process tree through the launcher; the caller owns the working directory."""
     status_r, status_w = os.pipe()
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(workdir), "TMPDIR": str(workdir),
+    home = SANDBOX_DIR if isolation != "none" else str(workdir)
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home,
            "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1",
            "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     expose = []

@@ -40,6 +40,7 @@ PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER = 1, 38, 36
 MOUNT_OPTION_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
                       "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME}
 SETUP_FAILED = 125
+SANDBOX_DIR = "/tmp/sandbox"  # where the program finds its working directory when namespaces are used
 WATCH_INTERVAL = 0.05  # seconds between memory checks by init
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -109,6 +110,19 @@ def _expose(paths: list[str], workdir: str) -> None:
             os.rmdir(stage)
 
 
+def _private_tmp(workdir: str, keep: list[str]) -> None:
+    """A fresh tmpfs on /tmp with the working directory bound at SANDBOX_DIR: the program sees the same path in
+    every run (so its tracebacks are reproducible) and nothing of the host's /tmp. Paths in `keep` that live
+    under /tmp (an interpreter, say) are bound back at their own place."""
+    sources = [(workdir, SANDBOX_DIR)] + [(p, p) for p in keep if p.startswith("/tmp/")]
+    fds = [(os.open(source, os.O_PATH | os.O_DIRECTORY), target) for source, target in sources]
+    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
+    for fd, target in fds:  # the host paths are hidden now; the open descriptors still reach them
+        os.makedirs(target, mode=0o755, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
+        os.close(fd)
+
+
 def _enter_namespaces(cfg: dict) -> None:
     """Unshare the namespaces and make the filesystem read-only except the working directory."""
     flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
@@ -125,9 +139,9 @@ def _enter_namespaces(cfg: dict) -> None:
     workdir = cfg["workdir"]
     if cfg["expose"]:
         _expose(cfg["expose"], workdir)
-    _mount(workdir, workdir, None, MS_BIND)
+    _private_tmp(workdir, cfg["expose"])
     for point, keep in _mountinfo():
-        if point == workdir:
+        if point == SANDBOX_DIR:
             continue
         try:
             _mount(None, point, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | keep)
@@ -167,7 +181,7 @@ def _exec_program(cfg: dict, err_w: int) -> None:
         for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         os.set_inheritable(cfg["status_fd"], False)
-        os.chdir(cfg["workdir"])
+        os.chdir(SANDBOX_DIR if cfg["isolation"] != "none" else cfg["workdir"])
         lim = cfg["limits"]
         nproc = lim["max_processes"] + cfg["threads_already_owned"]
         cpu = max(1, int(lim["cpu_seconds"] + 0.999))
