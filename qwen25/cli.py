@@ -248,6 +248,18 @@ def cmd_data_curate(args: argparse.Namespace) -> None:
           f"{args.out}/samples.jsonl, table in {args.out}/summary.md)")
 
 
+def cmd_data_autoif(args: argparse.Namespace) -> None:
+    from qwen25.data.autoif import autoif_queries
+    from qwen25.data.generators import ModelGenerator
+    from qwen25.data.queries import write_queries
+
+    generator = ModelGenerator.load(args.model, args.tokenizer, args.dtype, max_new_tokens=args.max_new_tokens)
+    queries, outcomes = autoif_queries(generator, args.prompts, args.k, args.seed)
+    write_queries(queries, args.out)
+    print(f"wrote {len(queries)} queries with model-written verifiers to {args.out}; "
+          + ", ".join(f"{why}: {n}" for why, n in sorted(outcomes.items())))
+
+
 def _add_curation_verbs(data) -> None:
     from qwen25.data.queries import FAMILIES
 
@@ -257,6 +269,17 @@ def _add_curation_verbs(data) -> None:
         p.add_argument(f"--{family}", type=int, default=0, help=f"number of {family} queries")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_data_queries)
+    p = data.add_parser("autoif", help="queries whose verification code a model writes (kept only when it passes "
+                        "its own tests in the sandbox)")
+    p.add_argument("--model", required=True, help="qwen25/HF model directory")
+    p.add_argument("--tokenizer", help="tokenizer directory or 'qwen2.5' (default: the model directory's)")
+    p.add_argument("--out", required=True, help="JSONL query file to write")
+    p.add_argument("--prompts", type=int, default=50, help="requests for a verifier")
+    p.add_argument("--k", type=int, default=4, help="samples per request")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=768)
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.set_defaults(func=cmd_data_autoif)
     for verb, what in (("sft-build", "SFT records (verified responses)"),
                        ("pairs", "preference pairs (a passing and a failing response)")):
         p = data.add_parser(verb, help=f"sample k responses per query, verify them, write {what}; resumable")

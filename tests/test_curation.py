@@ -186,3 +186,31 @@ def test_cli_end_to_end_on_a_tiny_model_survives_sigkill(tmp_path, tiny_model_di
     assert [r["query_id"] for r in records] == [q.id for q in queries]
     assert all(len(r["responses"]) == 2 and str(tiny_model_dir) in r["generator"] for r in records)
     assert all(r["seed"] == query_seed(5, r["query_id"]) for r in records)
+
+
+def test_model_written_verifiers_become_queries_and_judge_responses(tmp_path):
+    from qwen25.data.autoif import autoif_queries
+    from tests.test_verify_model_written import BUGGY, GOOD
+
+    class Writer:
+        name = "writer"
+
+        def __call__(self, prompts, k, seed):
+            return [[GOOD, BUGGY.replace("Answer in", "Reply in"), "no format at all", GOOD][:k] for _ in prompts]
+
+    queries, outcomes = autoif_queries(Writer(), n_prompts=1, k=4)
+    assert outcomes == {"kept": 1, "failed its tests": 1, "unparsable": 1, "duplicate": 1}
+    assert queries[0].messages[0]["content"] == "Answer in at most 5 words, all in lowercase."
+    write_queries(queries, tmp_path / "q.jsonl")
+
+    class Responder:
+        name = "responder"
+
+        def __call__(self, prompts, k, seed):
+            return [["fine by me", "Not Fine At All"] for _ in prompts]
+
+    summary = curate(tmp_path / "q.jsonl", Responder(), tmp_path / "run", k=2, progress=False)
+    assert "| instructions_code | 1 | 2 | 50.0% | 1 | 1 |" in summary
+    pair = json.loads((tmp_path / "run" / "pairs.jsonl").read_text())
+    assert (pair["chosen"], pair["rejected"]) == ("fine by me", "Not Fine At All")
+    assert pair["provenance"]["chosen"]["verifier"] == "model_written"

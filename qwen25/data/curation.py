@@ -43,7 +43,7 @@ VERIFIERS: dict[str, Callable[[dict, str], Verdict]] = {
     "table": lambda v, r: check_markdown_table(r, v["columns"], v.get("min_rows", 1), v.get("max_rows")),
     "choice": lambda v, r: verify_choice(r, v["gold"], v.get("options", "ABCD")),
     "true_false": lambda v, r: verify_true_false(r, v["gold"]),
-    "model_written": lambda v, r: check_responses(VerificationSpec(**v["spec"]), [r])[0],
+    "model_written": lambda v, r: check_responses(VerificationSpec.from_dict(v["spec"]), [r])[0],
 }
 
 

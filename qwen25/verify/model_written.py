@@ -58,6 +58,10 @@ class VerificationSpec:
         return {"instruction": self.instruction, "function": self.function,
                 "cases": [{"response": r, "result": ok} for r, ok in self.cases], "asserts": self.asserts}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> VerificationSpec:
+        return cls(d["instruction"], d["function"], [(c["response"], c["result"]) for c in d["cases"]], d["asserts"])
+
 
 def parse_verification(text: str) -> VerificationSpec:
     """Read a model's instruction, evaluate() and test cases; ValueError names the part that is missing."""
