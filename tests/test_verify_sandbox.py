@@ -67,6 +67,13 @@ def test_large_stdin_is_fed_without_deadlock():
     assert r.status == "ok" and r.stdout.strip() == str(len(text))
 
 
+def test_program_that_never_reads_its_stdin_still_times_out():
+    start = time.monotonic()
+    r = run_program(_py("import sys, time; sys.stdin.buffer.read1(5000); time.sleep(60)", stdin="x" * (4 * 1024 * 1024),
+                        limits=Limits(wall_seconds=1)))
+    assert r.status == "timeout" and time.monotonic() - start < 4
+
+
 def test_exit_code_and_exception_are_errors():
     r = run_program(_py("import sys; sys.exit(3)"))
     assert (r.status, r.exit_code) == ("error", 3)

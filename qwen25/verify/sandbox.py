@@ -192,7 +192,9 @@ def _execute(argv: list[str], workdir: Path, stdin: str, limits: Limits, isolati
            "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     expose = []
     if uid is not None:  # the interpreter's prefixes and the program's install prefix, maybe under /root
-        prefixes = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(os.path.realpath(argv[0])))}
+        prefixes = {sys.prefix, sys.base_prefix}
+        if os.path.isabs(argv[0]):
+            prefixes.add(os.path.dirname(os.path.dirname(os.path.realpath(argv[0]))))
         expose = sorted({os.path.realpath(p) for p in prefixes} - {"/"})
     cfg = {"argv": argv, "env": env, "workdir": str(workdir), "isolation": isolation, "uid": uid, "gid": uid,
            "expose": expose, "status_fd": status_w, "parent_pid": os.getpid(),
@@ -230,6 +232,7 @@ def _communicate(proc: subprocess.Popen, stdin: bytes, limits: Limits) -> tuple[
         sel.register(proc.stdout, selectors.EVENT_READ)
         sel.register(proc.stderr, selectors.EVENT_READ)
         if stdin:
+            os.set_blocking(proc.stdin.fileno(), False)  # a program that never reads must not block us
             sel.register(proc.stdin, selectors.EVENT_WRITE)
         else:
             proc.stdin.close()
@@ -244,6 +247,8 @@ def _communicate(proc: subprocess.Popen, stdin: bytes, limits: Limits) -> tuple[
                 if stream is proc.stdin:
                     try:
                         sent += os.write(stream.fileno(), stdin[sent:sent + 65536])
+                    except BlockingIOError:
+                        continue
                     except BrokenPipeError:
                         sent = len(stdin)
                     if sent >= len(stdin):
