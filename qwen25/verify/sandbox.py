@@ -48,7 +48,7 @@ _MIB = 1 << 20
 
 @dataclass(frozen=True)
 class Limits:
-    cpu_seconds: float = 10.0
+    cpu_seconds: float = 10.0  # RLIMIT_CPU has whole seconds: rounded up
     wall_seconds: float = 20.0
     memory_bytes: int = 1024 * _MIB  # address space of each process, and resident memory of all together
     max_processes: int = 32  # processes and threads of the program
