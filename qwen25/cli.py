@@ -297,6 +297,82 @@ def _add_inference_verbs(sub) -> None:
     p = models.add_parser("list", help="known model names and whether they are cached")
     p.set_defaults(func=cmd_models_list)
 
+# ---- post-training data: query sets, rejection sampling into SFT records and preference pairs ----------------
+
+def cmd_data_queries(args: argparse.Namespace) -> None:
+    from qwen25.data.queries import build_queries, write_queries
+
+    counts = {family: n for family, n in (("math", args.math), ("code", args.code),
+                                          ("instructions", args.instructions), ("structured", args.structured),
+                                          ("logic", args.logic)) if n}
+    queries = build_queries(counts, args.seed)
+    write_queries(queries, args.out)
+    print(f"wrote {len(queries)} queries to {args.out}")
+
+
+def cmd_data_curate(args: argparse.Namespace) -> None:
+    from qwen25.data.curation import curate
+    from qwen25.data.generators import ModelGenerator
+
+    generator = ModelGenerator.load(args.model, args.tokenizer, args.dtype, max_new_tokens=args.max_new_tokens,
+                                    temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    print(curate(args.queries, generator, args.out, args.k, args.seed, args.sft_per_query, args.pairs_per_query,
+                 args.workers))
+    print(f"{args.out}/{'sft.jsonl' if args.action == 'sft-build' else 'pairs.jsonl'} written (samples in "
+          f"{args.out}/samples.jsonl, table in {args.out}/summary.md)")
+
+
+def cmd_data_autoif(args: argparse.Namespace) -> None:
+    from qwen25.data.autoif import autoif_queries
+    from qwen25.data.generators import ModelGenerator
+    from qwen25.data.queries import write_queries
+
+    generator = ModelGenerator.load(args.model, args.tokenizer, args.dtype, max_new_tokens=args.max_new_tokens)
+    queries, outcomes = autoif_queries(generator, args.prompts, args.k, args.seed)
+    write_queries(queries, args.out)
+    print(f"wrote {len(queries)} queries with model-written verifiers to {args.out}; "
+          + ", ".join(f"{why}: {n}" for why, n in sorted(outcomes.items())))
+
+
+def _add_curation_verbs(data) -> None:
+    from qwen25.data.queries import FAMILIES
+
+    p = data.add_parser("queries", help=f"build a query set from the project's own generators ({', '.join(FAMILIES)})")
+    p.add_argument("--out", required=True, help="JSONL file to write")
+    for family in FAMILIES:
+        p.add_argument(f"--{family}", type=int, default=0, help=f"number of {family} queries")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data_queries)
+    p = data.add_parser("autoif", help="queries whose verification code a model writes (kept only when it passes "
+                        "its own tests in the sandbox)")
+    p.add_argument("--model", required=True, help="qwen25/HF model directory")
+    p.add_argument("--tokenizer", help="tokenizer directory or 'qwen2.5' (default: the model directory's)")
+    p.add_argument("--out", required=True, help="JSONL query file to write")
+    p.add_argument("--prompts", type=int, default=50, help="requests for a verifier")
+    p.add_argument("--k", type=int, default=4, help="samples per request")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=768)
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.set_defaults(func=cmd_data_autoif)
+    for verb, what in (("sft-build", "SFT records (verified responses)"),
+                       ("pairs", "preference pairs (a passing and a failing response)")):
+        p = data.add_parser(verb, help=f"sample k responses per query, verify them, write {what}; resumable")
+        p.add_argument("--queries", required=True, help="JSONL from 'qwen25 data queries'")
+        p.add_argument("--model", required=True, help="qwen25/HF model directory")
+        p.add_argument("--tokenizer", help="tokenizer directory or 'qwen2.5' (default: the model directory's)")
+        p.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+        p.add_argument("--k", type=int, default=4, help="responses per query")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--max-new-tokens", type=int, default=512)
+        p.add_argument("--temperature", type=float)
+        p.add_argument("--top-p", type=float)
+        p.add_argument("--top-k", type=int)
+        p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+        p.add_argument("--sft-per-query", type=int, default=1, help="verified responses kept per query")
+        p.add_argument("--pairs-per-query", type=int, default=1)
+        p.add_argument("--workers", type=int, help="parallel verifications (default: CPU count)")
+        p.set_defaults(func=cmd_data_curate)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qwen25", description=__doc__)
@@ -385,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("fetch", help="download the pinned source archives once (setup step)")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_data_fetch)
+    _add_curation_verbs(data)
 
 
     p = sub.add_parser("eval", help="evaluations")
