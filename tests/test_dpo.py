@@ -133,14 +133,18 @@ def test_dpo_run_with_online_merging_learns_the_pairs(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_fsdp_dpo_matches_one_process(tmp_path):
+@pytest.mark.parametrize("kind", ["ondare", "onties"])
+def test_two_process_fsdp_dpo_matches_one_process(tmp_path, kind):
+    """The task vector sharded like the parameters, DARE masks drawn for whole tensors, top-p on whole tensors:
+    2 processes take the steps 1 process takes."""
     start, base = tiny_hf_model(tmp_path / "sft", seed=0), tiny_hf_model(tmp_path / "base", seed=1)
     pairs = write_jsonl(tmp_path / "pairs.jsonl", PAIRS * 2)  # 2 steps an epoch
-    out = run_cli("dpo", "run", "--recipe", str(dpo_recipe(tmp_path, "one", start, base, pairs, steps=6)), env=ENV)
+    out = run_cli("dpo", "run", "--recipe", str(dpo_recipe(tmp_path, "one", start, base, pairs, kind=kind, steps=6)),
+                  env=ENV)
     assert out.returncode == 0, out.stderr[-3000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "qwen25.cli",
                           "dpo", "run", "--recipe", str(dpo_recipe(tmp_path, "two", start, base, pairs, "fsdp",
-                                                                   steps=6))],
+                                                                   kind=kind, steps=6))],
                          capture_output=True, text=True, timeout=900, env=ENV)
     assert two.returncode == 0, two.stderr[-5000:]
     one_losses, two_losses = losses(tmp_path / "one"), losses(tmp_path / "two")

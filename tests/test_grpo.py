@@ -116,6 +116,11 @@ def test_variance_order_highest_first_and_refreshed_every_n_steps():
     again.load_state_dict(state)
     assert again.take(2, step=4) == order.take(2, step=4)
 
+    window = VarianceOrder(list("abcdef"), lambda ids: {i: variances[i] for i in ids}, refresh_every=2, seed=0,
+                           lookahead=3)
+    taken = window.take(3, step=0)  # only the first 3 of the shuffled pass were scored and sorted
+    assert len(window.scores) == 3 and taken == sorted(window.scores, key=lambda q: -variances[q])
+
     shuffled = VarianceOrder(list("abcdef"), None, refresh_every=2, seed=0)
     assert sorted(shuffled.take(6, step=0)) == list("abcdef")  # without a scorer: each pass is a shuffle
 

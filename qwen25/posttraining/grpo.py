@@ -60,7 +60,8 @@ class RolloutSection:
 class OrderSection:
     variance: bool = True  # highest reward variance first; False: shuffled passes
     samples: int = 4  # k samples per query to score its variance
-    refresh_every: int = 10  # steps between re-scoring the rest of the pass
+    refresh_every: int = 10  # steps between re-scoring
+    lookahead: int = 0  # queries of the pass scored at each refresh (0: all not yet trained on)
     skip_zero_variance: bool = False  # leave groups whose rewards are all equal out of the update
 
 
@@ -119,8 +120,8 @@ class GRPORecipe(StageRecipe):
         if not r.temperature > 0 or not 0 < r.top_p <= 1 or r.top_k < 0:
             fail("rollout", f"needs temperature > 0, top_p in (0, 1], top_k >= 0; got {r.temperature}, {r.top_p}, "
                  f"{r.top_k}")
-        if self.order.samples < 2 or self.order.refresh_every < 1:
-            fail("order", "needs samples >= 2 (a variance) and refresh_every >= 1")
+        if self.order.samples < 2 or self.order.refresh_every < 1 or self.order.lookahead < 0:
+            fail("order", "needs samples >= 2 (a variance), refresh_every >= 1 and lookahead >= 0")
         if self.rewards.reward_model and not self.rewards.reward_model_path:
             fail("rewards.reward_model_path", "must name a reward model directory when rewards.reward_model != 0")
         if not (self.rewards.verifier or self.rewards.reward_model):
@@ -234,7 +235,8 @@ class GRPOSource:
                                      top_p=r.top_p, top_k=r.top_k, stop_token_ids=stop_ids(tok))
         self.stop = set(self.params.stop_token_ids)
         scorer = self.score_variance if recipe.order.variance else None
-        self.order = VarianceOrder(list(self.by_id), scorer, recipe.order.refresh_every, recipe.seed)
+        self.order = VarianceOrder(list(self.by_id), scorer, recipe.order.refresh_every, recipe.seed,
+                                   recipe.order.lookahead)
         self.buffer: list[list[SampleBatch]] = []
         self.step = 0  # optimizer steps taken from this source
         self.rollout_batches = 0
