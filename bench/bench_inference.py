@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from qwen25.generation import SamplingParams, generate  # noqa: E402
 from qwen25.model import build_model, get_preset  # noqa: E402
-from qwen25.model.qwen2 import torch_dtype  # noqa: E402
+from qwen25.model import torch_dtype  # noqa: E402
 
 
 def dram_read_gbps(repeats: int = 8) -> float:

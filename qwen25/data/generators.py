@@ -16,7 +16,7 @@ from typing import Protocol
 import torch
 
 from qwen25.generation import SamplingParams, generate
-from qwen25.model import load_model
+from qwen25.loading import load_model
 from qwen25.tokenizer import QwenTokenizer, load_tokenizer
 
 
