@@ -49,7 +49,7 @@ class PhaseSection:
 
 
 @dataclass
-class SFTRecipe:
+class SFTRecipe(recipe_io.StageRecipe):
     name: str = "sft"
     seed: int = 1234
     run_dir: str = ""  # default runs/<name>
@@ -62,13 +62,6 @@ class SFTRecipe:
                                                                    eval_every=50, checkpoint_every=100))
     phases: list[PhaseSection] = field(default_factory=lambda: [PhaseSection()])
     source: str = "<defaults>"
-
-    @property
-    def directory(self) -> Path:
-        return Path(self.run_dir or f"runs/{self.name}")
-
-    def to_dict(self) -> dict:
-        return recipe_io.to_dict(self)
 
     def validate(self) -> None:
         src = self.source
