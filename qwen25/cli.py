@@ -53,14 +53,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
     prompt = _parse_ids(args.prompt) if not args.chat else None
     if prompt is None:
         if tok is None:
-            raise SystemExit("error: a text prompt needs a tokenizer: the model directory has no tokenizer.json; "
+            raise ValueError("a text prompt needs a tokenizer: the model directory has no tokenizer.json; "
                              "pass --tokenizer DIR (or 'qwen2.5'), or give token ids")
         if args.chat:
             prompt, _ = tok.encode_chat([{"role": "user", "content": args.prompt}], add_generation_prompt=True)
         else:
             prompt = tok.encode_ordinary(args.prompt)
     if any(not 0 <= t < model.config.vocab_size for t in prompt):
-        raise SystemExit(f"error: --prompt has ids outside the vocabulary of {model.config.vocab_size}")
+        raise ValueError(f"--prompt has ids outside the vocabulary of {model.config.vocab_size}")
     params = SamplingParams.from_generation_config(
         model.generation_config, max_new_tokens=args.max_new_tokens, seed=args.seed,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
