@@ -40,58 +40,14 @@ def cmd_info(args: argparse.Namespace) -> None:
               f"aux loss coef {cfg.router_aux_loss_coef:g}")
 
 
-def _parse_ids(text: str) -> list[int] | None:
-    parts = text.replace(",", " ").split()
-    if parts and all(p.isdigit() for p in parts):
-        return [int(p) for p in parts]
-    return None
-
-
 def cmd_generate(args: argparse.Namespace) -> None:
-    from pathlib import Path
+    from qwen25.inference.textgen import generate_command
 
-    from qwen25.generation import SamplingParams, stream
-    from qwen25.loading import load_model, resolve_model
-    from qwen25.tokenizer import load_tokenizer
-
-    model_ref = resolve_model(args.model)
-    model = load_model(model_ref, dtype=args.dtype).eval()
-    tok = None
-    if args.tokenizer:
-        tok = load_tokenizer(args.tokenizer)
-    elif (Path(model_ref) / "tokenizer.json").is_file():
-        tok = load_tokenizer(model_ref)
-    prompt = _parse_ids(args.prompt) if not args.chat else None
-    if prompt is None:
-        if tok is None:
-            raise SystemExit("error: a text prompt needs a tokenizer: the model directory has no tokenizer.json; "
-                             "pass --tokenizer DIR (or 'qwen2.5'), or give token ids")
-        if args.chat:
-            prompt, _ = tok.encode_chat([{"role": "user", "content": args.prompt}], add_generation_prompt=True)
-        else:
-            prompt = tok.encode_ordinary(args.prompt)
-    if any(not 0 <= t < model.config.vocab_size for t in prompt):
-        raise SystemExit(f"error: --prompt has ids outside the vocabulary of {model.config.vocab_size}")
-    params = SamplingParams.from_generation_config(
-        model.generation_config, max_new_tokens=args.max_new_tokens, seed=args.seed,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        do_sample=True if args.sample else (False if args.greedy else None),
-    )
-    if tok is None or args.ids:
-        for token in stream(model, prompt, params):
-            print(token, end=" ", flush=True)
-        print()
-        return
-    generated: list[int] = []
-    shown = ""
-    for token in stream(model, prompt, params):
-        generated.append(token)
-        text = tok.decode(generated)
-        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            print(text[len(shown):], end="", flush=True)
-            shown = text
-    print()
+    generate_command(model=args.model, prompt=args.prompt, tokenizer=args.tokenizer, chat=args.chat,
+                     print_ids=args.ids, dtype=args.dtype, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                     do_sample=True if args.sample else (False if args.greedy else None),
+                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                     repetition_penalty=args.repetition_penalty)
 
 
 def cmd_tokenizer_build_qwen(args: argparse.Namespace) -> None:
@@ -314,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float)
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
+    p.add_argument("--min-p", type=float)
     p.add_argument("--repetition-penalty", type=float)
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_generate)
