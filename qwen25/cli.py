@@ -41,13 +41,19 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from qwen25.inference.textgen import generate_command
+    from qwen25.inference.commands import generate_command
 
     generate_command(model=args.model, prompt=args.prompt, tokenizer=args.tokenizer, chat=args.chat,
                      print_ids=args.ids, dtype=args.dtype, max_new_tokens=args.max_new_tokens, seed=args.seed,
                      do_sample=True if args.sample else (False if args.greedy else None),
                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                      repetition_penalty=args.repetition_penalty)
+
+
+def cmd_kernels(args: argparse.Namespace) -> None:
+    from qwen25.inference.commands import kernels_command
+
+    kernels_command(model=args.model, dtype=args.dtype, remeasure=args.remeasure)
 
 
 def cmd_tokenizer_build_qwen(args: argparse.Namespace) -> None:
@@ -274,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float)
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("kernels", help="decode matmul kernels chosen for a model on this machine (measured once)")
+    p.add_argument("--model", required=True, help="preset name, HF model directory or fetched model name")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.add_argument("--remeasure", action="store_true", help="measure again (on a quiet machine) and cache it")
+    p.set_defaults(func=cmd_kernels)
 
     tok = sub.add_parser("tokenizer", help="build, train and use tokenizers").add_subparsers(dest="action", required=True)
     p = tok.add_parser("build-qwen", help="build the official Qwen2.5 tokenizer offline from qwen.tiktoken")

@@ -48,7 +48,8 @@ def test_auto_measures_once_and_caches_per_machine_and_shape(fresh, model, monke
         for out_features, in_features in shapes:
             entry = entries[f"{kernels.machine()}|float32|rows={bucket}|shape={out_features}x{in_features}"]
             assert entry["choice"] in ("linear", "weight-major") and set(entry["seconds"]) == {"linear", "weight-major"}
-        assert entries[f"{kernels.machine()}|float32|rows={bucket}|packed=128+64+64x128"]["choice"] in ("packed", "separate")
+        packed = entries[f"{kernels.machine()}|float32|rows={bucket}|packed=128+64+64x128"]
+        assert packed["choice"] in ("packed", "separate") and set(packed["seconds"]) == {"packed", "separate"}
     assert kernels.cpu_model() in kernels.machine() and f"torch={torch.__version__}" in kernels.machine()
     chosen = {k for k, v in entries.items() if v["choice"] == "weight-major"}
     assert len(plan.weight_major) == len(chosen)

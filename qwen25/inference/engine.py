@@ -104,7 +104,7 @@ class EngineMetrics:
     prefill_forwards: int
     decode_steps: int
     tokens_per_second: float  # generated tokens per second over the last `window` seconds
-    mean_time_to_first_token: float | None  # seconds, over requests that got a first token
+    mean_time_to_first_token: float | None  # seconds, over the latest 1000 requests that got a first token
 
 
 class _Request:
@@ -181,7 +181,7 @@ class Engine:
         self._cancels: list[str] = []
         self._ids = itertools.count()
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens generated) of recent steps
-        self._ttft: list[float] = []
+        self._ttft: deque[float] = deque(maxlen=1000)  # times to first token of the latest requests
         self.stats = {"prefill_tokens": 0, "generated_tokens": 0, "prefill_forwards": 0, "decode_steps": 0}
 
     # ---- requests --------------------------------------------------------------------------------
@@ -277,46 +277,93 @@ class Engine:
                     deltas.append(Delta(request.id, c.index, [], [], None, "", CANCELLED, c))
             self._finish(request)
 
-    def _admit(self) -> _Request | None:
-        """The request whose prompt to prefill next: the one under way, else the first waiting one once its
-        samples fit in the batch."""
-        if self._prefilling is not None:
-            return self._prefilling
-        if not self._waiting:
-            return None
-        request = self._waiting[0]
-        if len(self._rows) + request.params.n > self.max_batch or (self.one_request_at_a_time and self._rows):
-            return None
-        self._waiting.popleft()
-        request.cache = KVCache.for_model(self.model, 1, len(request.prompt))
-        request.cache.prompt_length = len(request.prompt)  # per-request choices (dynamic YaRN) see all of it
-        self._prefilling = request
-        return request
+    def _fits(self, request: _Request, rows: int) -> bool:
+        """Whether the request's samples fit in the batch beside `rows` sequences."""
+        if self.one_request_at_a_time and rows:
+            return False
+        return rows + request.params.n <= self.max_batch
 
     def _prefill(self, deltas: list[Delta]) -> None:
+        """Prefill within the step's budget of `prefill_chunk` tokens (None: no limit). A long prompt under way
+        continues chunk by chunk; otherwise the waiting prompts that fit whole go through one forward together;
+        a prompt longer than the budget starts its chunks at the start of a step."""
         budget = self.prefill_chunk
-        while budget is None or budget > 0:
-            request = self._admit()
-            if request is None:
-                return
-            todo = len(request.prompt) - request.prefilled
-            n = todo if budget is None else min(todo, budget)
+        fresh = True  # nothing prefilled yet this step
+        while (self._waiting or self._prefilling is not None) and (budget is None or budget > 0):
+            if self._prefilling is None:
+                group = self._whole_prompts(budget)
+                if group:
+                    self._prefill_together(group, deltas)
+                    if budget is not None:
+                        budget -= sum(len(r.prompt) for r in group)
+                    fresh = False
+                    continue
+                head = self._waiting[0]
+                if not fresh or not self._fits(head, len(self._rows)):
+                    return  # it waits for a new step's budget, or for free rows
+                self._waiting.popleft()
+                head.cache = KVCache.for_model(self.model, 1, len(head.prompt))
+                head.cache.prompt_length = len(head.prompt)  # per-request choices (dynamic YaRN) see all of it
+                self._prefilling = head
+            request = self._prefilling
+            n = len(request.prompt) - request.prefilled
+            n = n if budget is None else min(n, budget)
             ids = torch.tensor([request.prompt[request.prefilled:request.prefilled + n]], device=self.device)
             logits = self.model(ids, cache=request.cache, logits_to_keep=1).logits[:, -1]
             request.prefilled += n
-            self.stats["prefill_tokens"] += n
-            self.stats["prefill_forwards"] += 1
+            self._count_prefill(n)
+            fresh = False
             if budget is not None:
                 budget -= n
             if request.prefilled == len(request.prompt):
                 self._prefilling = None
-                self._join(request, logits, deltas)
+                self._join(request, logits, request.cache, 0, 0, deltas)
 
-    def _join(self, request: _Request, logits: torch.Tensor, deltas: list[Delta]) -> None:
-        """Sample each sample's first token from the prompt's last logits; the unfinished samples join the
-        batch as copies of the prefilled row."""
+    def _whole_prompts(self, budget: int | None) -> list[_Request]:
+        """Waiting requests, in order, whose whole prompts fit in the budget and whose samples fit in the batch;
+        taken off the queue."""
+        group: list[_Request] = []
+        rows, tokens = len(self._rows), 0
+        for request in self._waiting:
+            if not self._fits(request, rows) or (budget is not None and tokens + len(request.prompt) > budget):
+                break
+            group.append(request)
+            rows += request.params.n
+            tokens += len(request.prompt)
+        for _ in group:
+            self._waiting.popleft()
+        return group
+
+    def _prefill_together(self, group: list[_Request], deltas: list[Delta]) -> None:
+        """Whole prompts in one forward, left-padded (positions count real tokens, so each row gets what it
+        would alone); each then joins from its row of the temporary cache."""
+        width = max(len(r.prompt) for r in group)
+        ids = torch.zeros((len(group), width), dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for row, request in enumerate(group):
+            ids[row, width - len(request.prompt):] = torch.tensor(request.prompt)
+            mask[row, width - len(request.prompt):] = 1
+        cache = KVCache.for_model(self.model, len(group), width)
+        cache.prompt_length = width
+        padded = bool((mask == 0).any())
+        out = self.model(ids.to(self.device), attention_mask=mask.to(self.device) if padded else None,
+                         cache=cache, logits_to_keep=1)
+        self._count_prefill(sum(len(r.prompt) for r in group))
+        for row, request in enumerate(group):
+            request.prefilled = len(request.prompt)
+            self._join(request, out.logits[row:row + 1, -1], cache, row, width - len(request.prompt), deltas)
+
+    def _count_prefill(self, tokens: int) -> None:
+        self.stats["prefill_tokens"] += tokens
+        self.stats["prefill_forwards"] += 1
+
+    def _join(self, request: _Request, logits: torch.Tensor, cache: KVCache, row: int, start: int,
+              deltas: list[Delta]) -> None:
+        """Sample each sample's first token from the prompt's last logits [1, vocab]; the unfinished samples
+        join the batch as copies of the prompt's keys/values: `cache` row `row` from slot `start` on."""
         n = request.params.n
         request.sequences = [_Sequence(request, i, self.vocab_size, self.tokenizer, self.device) for i in range(n)]
+        request.cache = None
         if request.params.max_new_tokens == 0:
             for seq in request.sequences:
                 seq.completion.finish_reason = LENGTH
@@ -325,9 +372,8 @@ class Engine:
             return
         joined = self._sample(request.sequences, logits.expand(n, -1).contiguous(), deltas)
         if joined:
-            self.cache.append_rows(request.cache, 0, copies=len(joined))
+            self.cache.append_rows(cache, row, copies=len(joined), start=start)
             self._rows.extend(joined)
-        request.cache = None
 
     def _decode(self, deltas: list[Delta]) -> None:
         ids = torch.tensor([[seq.pending] for seq in self._rows], device=self.device)

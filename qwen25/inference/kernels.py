@@ -177,7 +177,8 @@ def measure_bucket(sites: list[Site], bucket: int, repeats: int = 3) -> dict[tup
                                    for i, (w, _) in enumerate(site.parts))
     for key, seconds in grouped.items():
         decisions[key] = {"choice": _faster("packed", "separate", seconds), "seconds": seconds}
-    return decisions
+    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    return {key: {**d, "load": load} for key, d in decisions.items()}
 
 
 def _faster(ordinary: str, other: str, seconds: dict[str, float]) -> str:
@@ -218,8 +219,10 @@ def measured_decisions(model: nn.Module, remeasure: bool = False) -> dict[tuple,
         if all(key_text(k) in cached for k in keys):
             decisions |= {k: cached[key_text(k)] for k in keys}
             continue
-        log.info("measuring decode kernels for %d-row matmuls on this machine (once; cached in %s)", bucket,
-                 cache_file())
+        if not new:
+            # a warning, so the pause is explained: it happens once per machine and model shape
+            log.warning("qwen25: measuring the decode matmul kernels for this machine and model shape (once, "
+                        "cached in %s; QWEN25_KERNELS=linear skips it)", cache_file())
         measured = measure_bucket(sites, bucket)
         decisions |= measured
         new |= {key_text(k): v for k, v in measured.items()}
@@ -255,3 +258,16 @@ def install_kernels(model: nn.Module, mode: str | None = None) -> KernelPlan:
                       unfused=frozenset((plan.unfused - packed) | unfused))
     set_kernel_plan(plan)
     return plan
+
+
+def decision_table(decisions: dict[tuple, dict]) -> str:
+    """The choices as a markdown table: rows bucket, weight shape (or packed projection), choice, timings."""
+    lines = [f"machine: {machine()}",
+             "| rows | weight | choice | ms: F.linear / weight-major (packed / separate) | load at measurement |",
+             "|---|---|---|---|---|"]
+    for key, d in sorted(decisions.items(), key=lambda kv: (kv[0][1], isinstance(kv[0][2], tuple), kv[0][2:])):
+        _, bucket, a, b = key
+        what = f"packed {'+'.join(map(str, a))} x {b}" if isinstance(a, tuple) else f"{a} x {b}"
+        ms = " / ".join(f"{1e3 * v:.2f}" for v in d["seconds"].values())
+        lines.append(f"| {bucket} | {what} | {d['choice']} | {ms} | {d.get('load', '')} |")
+    return "\n".join(lines)

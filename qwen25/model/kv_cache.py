@@ -125,12 +125,13 @@ class KVCache:
         self.lengths = [self.lengths[r] for r in picked]
         self._write_at = None
 
-    def append_rows(self, source: KVCache, row: int = 0, copies: int = 1) -> None:
-        """Add `copies` rows holding `source`'s row `row` (its keys/values up to its length). Joining an empty
-        cache also takes the source's per-request state (`prompt_length`, `rope_factor`)."""
+    def append_rows(self, source: KVCache, row: int = 0, copies: int = 1, start: int = 0) -> None:
+        """Add `copies` rows holding `source`'s row `row`: its keys/values from slot `start` (after a left
+        padding) up to its length. Joining an empty cache also takes the source's per-request state
+        (`prompt_length`, `rope_factor`)."""
         if source is self:
             raise ValueError("append_rows copies from another cache")
-        n = source.lengths[row]
+        n = source.lengths[row] - start
         if self.batch == 0:
             self.prompt_length, self.rope_factor = source.prompt_length, source.rope_factor
         first, last = self.batch, self.batch + copies
@@ -140,7 +141,7 @@ class KVCache:
             for buffers, src in ((self.keys, source.keys), (self.values, source.values)):
                 if last > buffers[layer].shape[0]:
                     buffers[layer] = self._more_rows(buffers[layer], last)
-                buffers[layer][first:last, :, :n] = src[layer][row, :, :n]
+                buffers[layer][first:last, :, :n] = src[layer][row, :, start:start + n]
         self.lengths += [n] * copies
         self._write_at = None
 

@@ -1,5 +1,9 @@
-"""What `qwen25 generate` does: load a model by name, read the prompt as token ids or text (optionally as a
-chat turn), and stream the continuation (text through the engine's incremental detokenizer, or ids)."""
+"""What the inference verbs of the command line do.
+
+`qwen25 generate`: load a model by name, read the prompt as token ids or text (optionally as a chat turn),
+and stream the continuation (text through the engine's incremental detokenizer, or ids).
+`qwen25 kernels`: show (or measure again) the decode kernels chosen for a model on this machine.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from pathlib import Path
 from typing import TextIO
 
 from qwen25.inference.engine import Engine
+from qwen25.inference.kernels import decision_table, measured_decisions
 from qwen25.inference.sampling import SamplingParams
 from qwen25.loading import load_model, resolve_model
 from qwen25.tokenizer import load_tokenizer
@@ -55,3 +60,10 @@ def generate_to(out: TextIO, model: str, prompt: str, tokenizer: str | None = No
 def generate_command(**kwargs) -> None:
     """`qwen25 generate`: `generate_to` on standard output."""
     generate_to(sys.stdout, **kwargs)
+
+
+def kernels_command(model: str, dtype: str | None = None, remeasure: bool = False) -> None:
+    """`qwen25 kernels`: the decode kernel choice for this model's shapes on this machine, measured now when
+    `remeasure` or when the cache lacks it (run it on a quiet machine: the choice is cached)."""
+    lm = load_model(resolve_model(model), dtype=dtype).eval()
+    print(decision_table(measured_decisions(lm, remeasure=remeasure)))
