@@ -19,7 +19,9 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], params: S
              max_batch: int = 32) -> list[list[int]]:
     """New tokens for each prompt (a stop token, when hit, is included and ends that row). With `params.n` > 1
     the n samples of each prompt follow each other."""
-    outputs = Engine(model, max_batch=max(max_batch, (params or SamplingParams()).n)).generate(prompts, params)
+    n = (params or SamplingParams()).n
+    engine = Engine(model, max_batch=max(max_batch, n), prefill_chunk=None)  # whole prompts, as one call expects
+    outputs = engine.generate(prompts, params)
     return [c.token_ids for out in outputs for c in out.completions]
 
 
@@ -27,5 +29,5 @@ def stream(model: torch.nn.Module, prompt: Sequence[int], params: SamplingParams
     """Yield new tokens of one prompt as they are produced."""
     if params is not None and params.n != 1:
         raise ValueError("stream yields one sample's tokens; use Engine.stream for n > 1")
-    for delta in Engine(model, max_batch=1).stream(prompt, params):
+    for delta in Engine(model, max_batch=1, prefill_chunk=None).stream(prompt, params):
         yield from delta.token_ids

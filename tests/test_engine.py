@@ -341,3 +341,24 @@ def test_ragged_cache_gives_each_row_what_it_gets_alone(model):
         assert moved == 2 and cache.lengths == [9, 11]
         with pytest.raises(ValueError, match="attention_mask"):
             model(torch.tensor([[1], [2]]), cache=cache, attention_mask=torch.ones(2, 12))
+
+
+def test_request_length_dependent_models_batch_only_rows_of_one_length():
+    from qwen25.longctx import configure
+
+    model = qwen25.load_model("qwen25-tiny", dtype="float32").eval()
+    configure(model, rope="dynamic-yarn", yarn={"original_max_position_embeddings": 4})
+    engine = Engine(model, max_batch=4)
+    params = SamplingParams(max_new_tokens=6)
+    a, b = engine.submit([1, 2, 3, 4, 5], params), engine.submit([6, 7, 8, 9, 10], params)
+    c = engine.submit([1, 2, 3, 4, 5, 6, 7], params)
+    first = engine.step()
+    assert {d.request_id for d in first} == {a, b} and engine.metrics().rows == 2  # c waits: another length
+    got = {a: [], b: [], c: []}
+    for delta in first:
+        got[delta.request_id] += delta.token_ids
+    while engine.has_work:
+        for delta in engine.step():
+            got[delta.request_id] += delta.token_ids
+    for request_id, prompt in ((a, [1, 2, 3, 4, 5]), (b, [6, 7, 8, 9, 10]), (c, [1, 2, 3, 4, 5, 6, 7])):
+        assert got[request_id] == alone(model, prompt, params).completions[0].token_ids

@@ -8,8 +8,9 @@ GRPO group of 8 costs one prefill. The batch cache gives every row its own lengt
 leave between steps and each gets the tokens it would get alone. A finished or cancelled sequence leaves at
 once; the last row moves into its slot.
 
-Models whose attention or RoPE depends on the request (dual chunk attention, sparse prefill, dynamic YaRN)
-run one request at a time (its samples together, all of one length).
+Models whose attention or RoPE is chosen from the request's length (dual chunk attention, sparse prefill,
+dynamic YaRN) keep the batch's rows at one length: requests whose prompts have the same length start
+together (a request's samples always do), and new ones wait until the batch is empty.
 
 Every sample carries its tokens, their log-probs (the model's own, see `sampling`), optionally the top
 log-probs, its text (incremental UTF-8 decoding, stop strings cut exactly) and why it finished: "stop" (a
@@ -167,9 +168,8 @@ class Engine:
         self.vocab_size = model.config.vocab_size
         self.device = next(model.parameters()).device
         inner = getattr(model, "model", None)
-        # attention or RoPE that depends on the request: one request at a time, its rows all one length
-        self.one_request_at_a_time = inner is not None and (
-            inner.attention is not None or inner.rotary_emb.dynamic)
+        # attention or RoPE chosen from the request's length: the batch's rows must keep one length
+        self.uniform_rows = inner is not None and (inner.attention is not None or inner.rotary_emb.dynamic)
         self.kernels = install_kernels(model, kernels)
         self.cache = KVCache.for_model(model, 0, 256, rows=max_batch)
         self._rows: list[_Sequence] = []  # row i of the batch cache
@@ -279,8 +279,8 @@ class Engine:
 
     def _fits(self, request: _Request, rows: int) -> bool:
         """Whether the request's samples fit in the batch beside `rows` sequences."""
-        if self.one_request_at_a_time and rows:
-            return False
+        if self.uniform_rows and rows:
+            return False  # rows of one length: a batch starts together and nobody joins it
         return rows + request.params.n <= self.max_batch
 
     def _prefill(self, deltas: list[Delta]) -> None:
@@ -325,8 +325,12 @@ class Engine:
         group: list[_Request] = []
         rows, tokens = len(self._rows), 0
         for request in self._waiting:
-            if not self._fits(request, rows) or (budget is not None and tokens + len(request.prompt) > budget):
+            if budget is not None and tokens + len(request.prompt) > budget:
                 break
+            if rows + request.params.n > self.max_batch:
+                break
+            if self.uniform_rows and (self._rows or (group and len(request.prompt) != len(group[0].prompt))):
+                break  # rows of one length: an empty batch, and prompts of the first one's length
             group.append(request)
             rows += request.params.n
             tokens += len(request.prompt)

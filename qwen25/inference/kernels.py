@@ -57,11 +57,6 @@ class Site:
     sizes: tuple[int, ...] = ()
 
     @property
-    def role(self) -> str:
-        """The same matmul in every layer: 'model.layers.*.mlp.down_proj'."""
-        return re.sub(r"\.\d+\.", ".*.", self.path)
-
-    @property
     def layer(self) -> int | None:
         match = re.search(r"\.layers\.(\d+)\.", self.path)
         return int(match.group(1)) if match else None
@@ -104,8 +99,7 @@ def decode_sites(model: nn.Module, max_bytes: int = PASS_BYTES) -> list[Site]:
     for name, module in model.named_modules():
         for attr, value in vars(module).items():
             if isinstance(value, FusedProjection):
-                if not value._is_packed():
-                    value._pack()
+                value.ensure_packed()
                 fused |= {id(lin) for lin in value.linears}
                 found.append(Site(f"{name}.{attr}", value.weight, value.bias,
                                   [(lin.weight, lin.bias) for lin in value.linears], tuple(value.sizes)))

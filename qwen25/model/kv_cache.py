@@ -34,7 +34,7 @@ class KVCache:
         # Per-request long-context state (qwen25.longctx): the whole prompt's length, set before a chunked
         # prefill so choices made from it see the full prompt (None: the first forward's length), and the
         # dynamic-YaRN factor fixed at prefill and kept through decode. `request_length` reads the former.
-        # Meaningful for a cache whose rows are one request's (the engine runs such models one request at a time).
+        # Meaningful for a cache whose rows share one length (the engine keeps such models' batches uniform).
         self.prompt_length: int | None = None
         self.rope_factor: float | None = None
 

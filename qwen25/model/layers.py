@@ -117,6 +117,12 @@ class FusedProjection:
         # The packed matrix keeps the old storage alive, so a replaced weight always has a new address.
         return self.weight is not None and self._addresses() == self._packed_at
 
+    def ensure_packed(self) -> None:
+        """Pack the weights into one matrix unless they already are (the inference path; the kernel measurement
+        times the packed matrix before the first decode)."""
+        if not self._is_packed():
+            self._pack()
+
     def _pack(self) -> None:
         # Made outside inference mode, so the Parameters never become inference tensors: a model that decodes
         # (GRPO rollouts) can be trained afterwards.
@@ -146,8 +152,7 @@ class FusedProjection:
             # Autograd (training, FSDP, compile): concatenate the weights, a small copy next to the activations,
             # so the input is cast once under autocast and one larger matmul replaces several.
             return F.linear(x, *self._concat()).split(self.sizes, dim=-1)
-        if not self._is_packed():
-            self._pack()
+        self.ensure_packed()
         if _plan.unfused and self.plan_key(x) in _plan.unfused:
             return tuple(linear(x, lin.weight, lin.bias) for lin in self.linears)
         return linear(x, self.weight, self.bias).split(self.sizes, dim=-1)

@@ -66,7 +66,7 @@ class Qwen2Model(nn.Module):
         ragged = cache is not None and cache.ragged  # rows of their own lengths (the engine's continuous batch)
         if ragged and (attention_mask is not None or self.attention is not None or self.rotary_emb.dynamic):
             raise ValueError("a KV cache with rows of different lengths takes no attention_mask and needs dense "
-                             "attention with static RoPE (long-context methods run one request at a time)")
+                             "attention with static RoPE (long-context methods need rows of one length)")
         if position_ids is None:
             position_ids = (cache.positions(T) if ragged
                             else default_position_ids(attention_mask, B, T, past, input_ids.device))
