@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--serving-repeats", type=int, default=2)
     ap.add_argument("--kernels", help="decode kernel mode (QWEN25_KERNELS: auto, linear, weight-major)")
     ap.add_argument("--preset", default="qwen2.5-0.5b", help="model shape (random weights)")
+    ap.add_argument("--remeasure-kernels", action="store_true",
+                    help="measure the decode kernels again instead of using this machine's cached choice")
     args = ap.parse_args()
 
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -95,6 +97,8 @@ def main() -> None:
         hf = hf32.to(dtype) if dtype != torch.float32 else hf32
         with torch.inference_mode():
             started = time.perf_counter()
+            if args.remeasure_kernels:
+                measured_decisions(ours, remeasure=True)
             install_kernels(ours, args.kernels)
             print(f"{dt}: decode kernels ready in {time.perf_counter() - started:.1f} s")
             print(kernel_table(ours, args.kernels))

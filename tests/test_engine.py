@@ -362,3 +362,18 @@ def test_request_length_dependent_models_batch_only_rows_of_one_length():
             got[delta.request_id] += delta.token_ids
     for request_id, prompt in ((a, [1, 2, 3, 4, 5]), (b, [6, 7, 8, 9, 10]), (c, [1, 2, 3, 4, 5, 6, 7])):
         assert got[request_id] == alone(model, prompt, params).completions[0].token_ids
+
+
+def test_generate_command_streams_the_engines_text(tok):
+    import io
+
+    from qwen25.inference.commands import generate_to
+
+    out = io.StringIO()
+    generate_to(out, model="qwen25-tiny", prompt="1 2 3", tokenizer="qwen2.5", max_new_tokens=12, do_sample=False)
+    model = qwen25.load_model("qwen25-tiny").eval()
+    expected = Engine(model, tok).generate([[1, 2, 3]], SamplingParams(max_new_tokens=12))[0].completions[0]
+    assert out.getvalue() == expected.text + "\n"
+    ids = io.StringIO()
+    generate_to(ids, model="qwen25-tiny", prompt="1 2 3", print_ids=True, max_new_tokens=12, do_sample=False)
+    assert ids.getvalue().split() == [str(t) for t in expected.token_ids]
