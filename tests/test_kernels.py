@@ -111,3 +111,13 @@ def test_engine_tokens_do_not_depend_on_the_plan(model):
         set_kernel_plan(before)
     assert [[c.token_ids for o in run for c in o.completions] for run in runs][0] == \
         [[c.token_ids for o in run for c in o.completions] for run in runs][1]
+
+
+def test_kernels_command_prints_the_measured_table(fresh, capsys):
+    from qwen25.inference.commands import kernels_command
+
+    kernels_command(model="qwen25-tiny", dtype="float32", remeasure=True)
+    table = capsys.readouterr().out
+    assert table.startswith(f"machine: {kernels.machine()}")
+    assert "| 1 | 8192 x 128 |" in table and "| 16 | packed 384+384 x 128 |" in table
+    assert (fresh / "kernels.json").is_file()
