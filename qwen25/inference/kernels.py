@@ -130,7 +130,7 @@ def _shape_key(dtype: torch.dtype, bucket: int, weight: torch.Tensor) -> tuple:
     return (dtype, bucket, *weight.shape)
 
 
-def measure_bucket(sites: list[Site], bucket: int, repeats: int = 3) -> dict[tuple, dict]:
+def measure_bucket(sites: list[Site], bucket: int, repeats: int = 5) -> dict[tuple, dict]:
     """Time both kernels, packed and separate, on `bucket` rows; returns {plan key: {"choice", "seconds"}}.
 
     Each timing pass runs every site in decode order with one kernel and one variant (packed or separate
