@@ -9,8 +9,8 @@ The model is a random one of the preset's shape (vocabulary 151,936, tied embedd
 libraries from one HF directory. A random model almost never samples <|im_end|>, so every row runs to
 --max-new-tokens in both libraries and both generate the same number of tokens; tokens/s counts completion tokens
 up to and including the first stop token. Rollouts: --queries prompts (two-digit arithmetic questions in the chat
-format) x --group-size samples, temperature 1. qwen25 rolls out through `GenerateRollouts` (generate(), each
-prompt repeated G times); TRL through `GRPOTrainer._generate_single_turn` (transformers generate on the same
+format) x --group-size samples, temperature 1. qwen25 rolls out through `EngineRollouts` (the inference engine:
+each prompt one request of n = G samples sharing one prefill, with per-token log-probs); TRL through `GRPOTrainer._generate_single_turn` (transformers generate on the same
 left-padded prompts). The GRPO step is qwen25's: `GRPOSource` (rollout, verifier rewards, advantages) then
 `Trainer.step` (forward, backward, clipping, AdamW). DPO: --pairs pairs per step (correct vs corrupted worked
 answers), forward + backward + AdamW with reference log-probs precomputed in both libraries; tokens/s counts real
@@ -33,14 +33,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from qwen25.generation import SamplingParams  # noqa: E402
+from qwen25.inference.sampling import SamplingParams  # noqa: E402
 from qwen25.model import build_model, from_pretrained, get_preset  # noqa: E402
 from qwen25.posttraining.alignment_data import math_query, small_arithmetic, synthetic_pair  # noqa: E402
 from qwen25.posttraining.dpo import count_pairs, make_dpo_loss, sequence_logps  # noqa: E402
 from qwen25.posttraining.grpo import GRPORecipe, GRPOSource, make_grpo_loss, units_counter  # noqa: E402
 from qwen25.posttraining.pairs import collate_pairs, load_pairs  # noqa: E402
 from qwen25.posttraining.rewards import VerifierReward  # noqa: E402
-from qwen25.posttraining.rollouts import GenerateRollouts  # noqa: E402
+from qwen25.posttraining.rollouts import EngineRollouts  # noqa: E402
 from qwen25.tokenizer import load_tokenizer  # noqa: E402
 from qwen25.training.distributed import DistInfo  # noqa: E402
 from qwen25.training.trainer import TrainConfig, Trainer  # noqa: E402
@@ -74,7 +74,7 @@ def bench_rollouts(args, path: Path, tok, prompts: list[list[int]]) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     stop = [tok.control_ids["<|im_end|>"], tok.endoftext_id]
-    ours = GenerateRollouts(from_pretrained(path, dtype=torch.float32), tok.pad_id, max_rows=4096)
+    ours = EngineRollouts(from_pretrained(path, dtype=torch.float32), max_rows=args.queries * args.group_size)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, do_sample=True, temperature=1.0, stop_token_ids=stop)
     config = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="bench_grpo_"), bf16=False, use_cpu=True, report_to=[],
                         beta=0.0, num_generations=args.group_size, max_completion_length=args.max_new_tokens,
@@ -105,7 +105,8 @@ def grpo_step_split(args, path: Path, tok, queries) -> dict:
     recipe.rollout.max_new_tokens, recipe.order.variance = args.max_new_tokens, False
     recipe.train = TrainConfig(micro_batch=args.queries * args.group_size, dtype="float32", parallel="none")
     model = from_pretrained(path, dtype=torch.float32).train()
-    source = GRPOSource(recipe, queries, tok, GenerateRollouts(model, tok.pad_id, max_rows=4096), VerifierReward())
+    source = GRPOSource(recipe, queries, tok, EngineRollouts(model, max_rows=args.queries * args.group_size),
+                        VerifierReward())
     reports = []
     source.report = reports.append
     trainer = Trainer(model, recipe.train, DistInfo(), tempfile.mkdtemp(prefix="bench_grpo_step_"),

@@ -36,7 +36,7 @@ SAMPLE_PROMPTS = ["Alice has 23 apples and buys 14 more. How many apples does Al
 def _replies(model, tok, prompts: list[str], max_new_tokens: int = 48) -> list[str]:
     stop = [tok.control_ids["<|im_end|>"], tok.endoftext_id]
     outs = generate(model, [chat_prompt(tok, p) for p in prompts],
-                    SamplingParams(max_new_tokens=max_new_tokens, stop_token_ids=stop), pad_id=tok.pad_id)
+                    SamplingParams(max_new_tokens=max_new_tokens, stop_token_ids=stop))
     return [tok.decode([i for i in ids if i not in stop]) for ids in outs]
 
 

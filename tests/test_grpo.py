@@ -12,9 +12,10 @@ from qwen25 import from_pretrained
 from qwen25.data.queries import Query, write_queries
 from qwen25.posttraining.grpo import GRPORecipe, GRPOSource, collate_samples, completion_logps, make_grpo_loss
 from qwen25.posttraining.query_order import VarianceOrder
-from qwen25.posttraining.rollouts import GenerateRollouts, RolloutResult
+from qwen25.posttraining.rollouts import EngineRollouts, RolloutResult
 from qwen25.tokenizer import load_tokenizer
 from qwen25.training.losses import grpo_advantages, grpo_loss
+from qwen25.training.recipe import RecipeError
 from tests.align_helpers import tiny_hf_model
 from tests.pretrain_helpers import run_cli
 
@@ -174,16 +175,38 @@ def test_skipping_when_every_group_is_equal_is_an_error(tok):
         source.next_step()
 
 
-def test_generate_rollouts_repeat_each_prompt_group_size_times(tok, tmp_path):
-    from qwen25.generation import SamplingParams
+def test_engine_rollouts_share_one_prefill_per_group_and_return_the_policys_logprobs(tok, tmp_path):
+    """G samples of a prompt cost one prefill of that prompt (prefilled tokens = the prompts' lengths, not G
+    times them), calls are seeded, and the engine's per-token log-probs equal a training forward's within 1e-5
+    (fp32), so they serve as pi_old."""
+    from qwen25.inference.sampling import SamplingParams
 
     model = from_pretrained(tiny_hf_model(tmp_path / "m"), dtype=torch.float32)
-    rollouts = GenerateRollouts(model, tok.pad_id, max_rows=3)
-    params = SamplingParams(max_new_tokens=4, do_sample=True)
-    out = rollouts([[1, 2, 3], [4, 5]], 4, params, seed=7)
-    assert len(out.completions) == 8 and all(len(c) == 4 for c in out.completions)
-    assert out.completions == rollouts([[1, 2, 3], [4, 5]], 4, params, seed=7).completions  # seeded
+    rollouts = EngineRollouts(model, max_rows=8)
+    params = SamplingParams(max_new_tokens=6, do_sample=True)
+    prompts = [[1, 2, 3], [4, 5]]
+    out = rollouts(prompts, 4, params, seed=7)
+    stats = rollouts.engine.stats
+    assert stats["prefill_tokens"] == 5 and stats["prefill_forwards"] == 1  # both prompts, once each, together
+    assert len(out.completions) == 8 and all(len(c) == 6 for c in out.completions)
+    assert len({tuple(c) for c in out.completions[:4]}) > 1  # a group's samples draw from their own streams
+    assert out.completions == rollouts(prompts, 4, params, seed=7).completions  # seeded
     assert model.training  # restored
+    batch = collate_samples([prompts[i // 4] for i in range(8)], out.completions, torch.zeros(8), tok.pad_id,
+                            out.logprobs)
+    with torch.no_grad():
+        forward, _ = completion_logps(model, batch)
+    torch.testing.assert_close(batch.old_logps * batch.mask, forward * batch.mask, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="more than the engine's 8 rows"):
+        rollouts(prompts, 9, params, seed=0)
+
+
+def test_recipe_refuses_fewer_engine_rows_than_a_group():
+    recipe = GRPORecipe(queries=["q.jsonl"])
+    recipe.model.preset = "qwen25-tiny"
+    recipe.rollout.group_size, recipe.rollout.max_rows = 8, 4
+    with pytest.raises(RecipeError, match="rollout.max_rows"):
+        recipe.validate()
 
 
 @pytest.mark.slow

@@ -52,7 +52,7 @@ class ModelGenerator:
         results = []
         for i, messages in enumerate(prompts):
             ids, _ = self.tokenizer.encode_chat(messages, add_generation_prompt=True)
-            rows = generate(self.model, [ids] * k, replace(self.params, seed=seed + i), pad_id=self.tokenizer.pad_id)
+            rows = generate(self.model, [ids], replace(self.params, seed=seed + i * k, n=k))  # k samples, one prefill
             results.append([self.tokenizer.decode([t for t in row if t not in self.params.stop_token_ids])
                             for row in rows])
         return results

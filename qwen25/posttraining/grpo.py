@@ -13,7 +13,9 @@ rollout batch logs its reward, pass rate, the share of groups whose rewards are 
 spent generating and scoring; `order.skip_zero_variance` leaves such groups out of the update.
 
 Log-probs for the loss are the model's at temperature 1 whatever the sampling temperature (the ratio compares the
-policy with its own earlier self, so it stays consistent). Rollouts go through `rollouts.Rollouts`; the policy is
+policy with its own earlier self, so it stays consistent). Rollouts go through the inference engine
+(`rollouts.EngineRollouts`: G samples of a query share one prefill); in fp32 its per-token log-probs are pi_old
+(no second forward), under autocast pi_old comes from a forward in the training precision. The policy is
 generated from directly, so GRPO runs in one process (a torchrun launch is refused).
 """
 
@@ -29,10 +31,11 @@ from pathlib import Path
 import torch
 
 from qwen25.data.queries import Query, read_queries
-from qwen25.generation import SamplingParams, generate
+from qwen25.generation import generate
+from qwen25.inference.sampling import SamplingParams
 from qwen25.posttraining.query_order import VarianceOrder
 from qwen25.posttraining.rewards import MixedReward, RewardFn, RewardModelScore, VerifierReward
-from qwen25.posttraining.rollouts import GenerateRollouts, Rollouts
+from qwen25.posttraining.rollouts import EngineRollouts, RolloutResult, Rollouts
 from qwen25.posttraining.sft import ModelSection
 from qwen25.posttraining.stage import StageRecipe, prepare_run_dir
 from qwen25.tokenizer import QwenTokenizer, load_tokenizer
@@ -53,7 +56,7 @@ class RolloutSection:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    max_rows: int = 256  # rows per generate() batch
+    max_rows: int = 256  # most sequences the engine decodes together (>= group_size)
 
 
 @dataclass
@@ -115,6 +118,9 @@ class GRPORecipe(StageRecipe):
                 fail(f"rollout.{key}", f"must be >= 1, got {getattr(r, key)}")
         if r.group_size < 2:
             fail("rollout.group_size", "must be >= 2: advantages compare the responses of a group")
+        if r.max_rows < max(r.group_size, self.order.samples if self.order.variance else 0):
+            fail("rollout.max_rows", f"must be at least rollout.group_size and order.samples (a group is decoded "
+                 f"together), got {r.max_rows}")
         if r.steps_per_rollout > r.queries_per_step * r.group_size:
             fail("rollout.steps_per_rollout", "is more than the samples of a rollout batch")
         if not r.temperature > 0 or not 0 < r.top_p <= 1 or r.top_k < 0:
@@ -152,14 +158,21 @@ class SampleBatch:
 
 
 def collate_samples(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], advantages: torch.Tensor,
-                    pad_id: int) -> SampleBatch:
+                    pad_id: int, logprobs: Sequence[Sequence[float]] | None = None) -> SampleBatch:
+    """Right-padded rows of prompt + completion; `logprobs` (one per completion token, e.g. the sampler's) become
+    `old_logps`, laid out like the labels."""
     length = max(len(p) + len(c) for p, c in zip(prompts, completions))
     ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
     labels = torch.full((len(prompts), length), -100, dtype=torch.long)
+    old = torch.zeros((len(prompts), length)) if logprobs is not None else None
     for r, (p, c) in enumerate(zip(prompts, completions)):
         ids[r, :len(p) + len(c)] = torch.tensor(list(p) + list(c))
         labels[r, len(p) - 1:len(p) + len(c) - 1] = torch.tensor(list(c))
-    return SampleBatch(ids, labels, advantages.float())
+        if old is not None:
+            if len(logprobs[r]) != len(c):
+                raise ValueError(f"row {r}: {len(logprobs[r])} log-probs for {len(c)} completion tokens")
+            old[r, len(p) - 1:len(p) + len(c) - 1] = torch.tensor(list(logprobs[r]), dtype=torch.float32)
+    return SampleBatch(ids, labels, advantages.float(), old_logps=old)
 
 
 def completion_logps(model: torch.nn.Module, batch: SampleBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -221,13 +234,17 @@ class GRPOSource:
     when needed) and cuts it into `steps_per_rollout` steps of micro-batches.
 
     policy / reference: models for pi_old (needed when steps_per_rollout > 1) and for the KL (beta > 0 or
-    kl_metrics); None where not needed. report(stats): called with each rollout batch's numbers."""
+    kl_metrics); None where not needed. sampler_logps: take pi_old from the rollouts' log-probs when they come
+    with them (exact when the rollout and the loss run in one precision) instead of a forward of `policy`.
+    report(stats): called with each rollout batch's numbers."""
 
     def __init__(self, recipe: GRPORecipe, queries: Sequence[Query], tok: QwenTokenizer, rollouts: Rollouts,
                  reward: RewardFn, policy: torch.nn.Module | None = None, reference: torch.nn.Module | None = None,
-                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 sampler_logps: bool = True) -> None:
         self.recipe, self.tok, self.rollouts, self.reward = recipe, tok, rollouts, reward
         self.policy, self.reference, self.autocast = policy, reference, autocast
+        self.sampler_logps = sampler_logps
         self.by_id = {q.id: q for q in queries}
         self.prompts = {q.id: tok.encode_chat(q.messages, add_generation_prompt=True)[0] for q in queries}
         r = recipe.rollout
@@ -246,8 +263,10 @@ class GRPOSource:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tok.decode([t for t in ids if t not in self.stop])
 
-    def sample(self, ids: Sequence[str], group_size: int, seed: int) -> tuple[list[Query], list[list[int]], torch.Tensor, dict]:
-        """G completions for each query and their rewards [len(ids), G], with timings."""
+    def sample(self, ids: Sequence[str], group_size: int, seed: int) -> tuple[list[Query], RolloutResult,
+                                                                              torch.Tensor, dict]:
+        """G completions for each query (with the sampler's log-probs when it gives them) and their rewards
+        [len(ids), G], with timings."""
         t0 = time.perf_counter()
         result = self.rollouts([self.prompts[i] for i in ids], group_size, self.params, seed)
         t1 = time.perf_counter()
@@ -255,7 +274,7 @@ class GRPOSource:
         rewards = self.reward(queries, [self.decode(c) for c in result.completions])
         t2 = time.perf_counter()
         tokens = sum(len(c) for c in result.completions)
-        return queries, result.completions, torch.tensor(rewards, dtype=torch.float64).view(len(ids), group_size), \
+        return queries, result, torch.tensor(rewards, dtype=torch.float64).view(len(ids), group_size), \
             {"rollout_s": t1 - t0, "scoring_s": t2 - t1, "rollout_tokens": tokens}
 
     def score_variance(self, ids: list[str]) -> dict[str, float]:
@@ -281,8 +300,8 @@ class GRPOSource:
             t = time.perf_counter()
             ids = self.order.take(r.queries_per_step, self.step)  # may re-score the pass (the variance order)
             spent["order_refresh_s"] += time.perf_counter() - t
-            queries, completions, rewards, timing = self.sample(ids, G, _seed(self.recipe.seed, "rollout",
-                                                                              self.rollout_batches))
+            queries, result, rewards, timing = self.sample(ids, G, _seed(self.recipe.seed, "rollout",
+                                                                         self.rollout_batches))
             self.rollout_batches += 1
             for key in ("rollout_s", "scoring_s", "rollout_tokens"):
                 spent[key] += timing[key]
@@ -298,9 +317,10 @@ class GRPOSource:
         self.totals["groups"] += groups
         self.totals["zero_variance_groups"] += zero_groups
         advantages = grpo_advantages(rewards.view(-1).float(), G, self.recipe.scale_rewards)
-        rows = [i for i in range(len(completions)) if keep[i // G]]
+        rows = [i for i in range(len(result.completions)) if keep[i // G]]
         prompts = [self.prompts[queries[i].id] for i in rows]
-        batches = self._micro_batches(prompts, [completions[i] for i in rows], advantages[rows])
+        logprobs = [result.logprobs[i] for i in rows] if result.logprobs is not None else None
+        batches = self._micro_batches(prompts, [result.completions[i] for i in rows], advantages[rows], logprobs)
         per_step = -(-len(batches) // r.steps_per_rollout)
         self.buffer = [batches[i:i + per_step] for i in range(0, len(batches), per_step)]
         self.report({"event": "rollout", "reward_mean": reward_sum / samples, "pass_rate": passed / samples,
@@ -310,14 +330,18 @@ class GRPOSource:
                      "prepare_s": time.perf_counter() - t0 - spent["rollout_s"] - spent["scoring_s"]
                      - spent["order_refresh_s"]})
 
-    def _micro_batches(self, prompts, completions, advantages) -> list[SampleBatch]:
+    def _micro_batches(self, prompts, completions, advantages, logprobs=None) -> list[SampleBatch]:
+        """Micro-batches with pi_old (when a rollout batch makes several steps) and reference log-probs."""
         micro, pad = self.recipe.train.micro_batch, self.tok.pad_id
+        needs_old = self.recipe.rollout.steps_per_rollout > 1
+        use_sampler = needs_old and self.sampler_logps and logprobs is not None
         out = []
         for start in range(0, len(prompts), micro):
             b = collate_samples(prompts[start:start + micro], completions[start:start + micro],
-                                advantages[start:start + micro], pad)
+                                advantages[start:start + micro], pad,
+                                logprobs[start:start + micro] if use_sampler else None)
             with torch.no_grad(), self.autocast():
-                if self.recipe.rollout.steps_per_rollout > 1 and self.policy is not None:
+                if needs_old and not use_sampler and self.policy is not None:
                     b.old_logps = completion_logps(self.policy, b)[0].cpu()
                 if self.reference is not None:
                     b.ref_logps = completion_logps(self.reference, b)[0].cpu()
@@ -349,7 +373,7 @@ def greedy_pass_rate(model: torch.nn.Module, queries: Sequence[Query], tok: Qwen
     for start in range(0, len(queries), batch):
         chunk = queries[start:start + batch]
         outs = generate(model, [tok.encode_chat(q.messages, add_generation_prompt=True)[0] for q in chunk], params,
-                        pad_id=tok.pad_id)
+                        max_batch=batch)
         passed += sum(r > 0 for r in reward(chunk, [tok.decode([t for t in o if t not in stop]) for o in outs]))
     model.train(was_training)
     return passed / max(len(queries), 1)
@@ -401,8 +425,8 @@ def _run(recipe: GRPORecipe, info, resume: bool, fresh: bool, log) -> Path:
     reward = MixedReward(sources)
     dtype = recipe.train.autocast_dtype
     autocast = contextlib.nullcontext if dtype is None else (lambda: torch.autocast(info.device.type, dtype=dtype))
-    source = GRPOSource(recipe, queries, tok, GenerateRollouts(model, tok.pad_id, recipe.rollout.max_rows), reward,
-                        policy=model, reference=reference, autocast=autocast)
+    source = GRPOSource(recipe, queries, tok, EngineRollouts(model, recipe.rollout.max_rows), reward,
+                        policy=model, reference=reference, autocast=autocast, sampler_logps=dtype is None)
     trainer = Trainer(model, recipe.train, info, out,
                       make_grpo_loss(recipe.aggregation, recipe.clip_low, recipe.clip_high, recipe.beta,
                                      recipe.rollout.max_new_tokens),

@@ -1,9 +1,9 @@
 """Where GRPO's samples come from: a rollout engine takes prompts, a group size G, sampling settings and a seed, and
 returns G completions per prompt (token ids, group after group), optionally with the sampler's log-probs.
 
-`GenerateRollouts` runs on `qwen25.generation.generate`, repeating each prompt G times in one left-padded batch;
-an engine that shares one prefill among the G samples (the inference engine) can take its place without GRPO
-changing: it only needs to be a `Rollouts`.
+`EngineRollouts` runs on the inference engine (`qwen25.inference.Engine`): each prompt is one request with
+n = G samples, so a group costs one prefill of its prompt, and every token comes with the policy's log-prob
+(log-softmax of the raw logits, temperature 1), which GRPO uses as pi_old instead of a second forward.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Protocol
 
 import torch
 
-from qwen25.generation import SamplingParams, generate
+from qwen25.inference.engine import Engine
+from qwen25.inference.sampling import SamplingParams
 
 
 @dataclass
@@ -28,24 +29,28 @@ class Rollouts(Protocol):
                  seed: int) -> RolloutResult: ...
 
 
-class GenerateRollouts:
-    """Rollouts with `generate`: each prompt repeated `group_size` times, at most `max_rows` rows per batch (each
-    batch samples with its own seed, `seed + batch index`). The model is put in eval mode for the rollout and
+class EngineRollouts:
+    """Rollouts through one `Engine` over the policy (kept for the run: the policy's weights change in place
+    between calls). Prompt i's request samples with seeds `seed + i * G` ... `seed + i * G + G - 1`, so a call is
+    reproducible and no two samples share a random stream. `max_rows`: most sequences decoded together; groups
+    join the batch as rows free up (continuous batching). The model is put in eval mode for the rollout and
     restored afterwards."""
 
-    def __init__(self, model: torch.nn.Module, pad_id: int, max_rows: int = 256) -> None:
-        self.model, self.pad_id, self.max_rows = model, pad_id, max_rows
+    def __init__(self, model: torch.nn.Module, max_rows: int = 256, kernels: str | None = None) -> None:
+        self.model = model
+        self.engine = Engine(model, max_batch=max_rows, prefill_chunk=None, kernels=kernels)
 
     def __call__(self, prompts: Sequence[Sequence[int]], group_size: int, params: SamplingParams,
                  seed: int) -> RolloutResult:
-        rows = [list(p) for p in prompts for _ in range(group_size)]
+        if group_size > self.engine.max_batch:
+            raise ValueError(f"group size {group_size} is more than the engine's {self.engine.max_batch} rows "
+                             "(rollout.max_rows)")
+        requests = [replace(params, n=group_size, seed=seed + i * group_size) for i in range(len(prompts))]
         was_training = self.model.training
         self.model.eval()
         try:
-            out: list[list[int]] = []
-            for i, start in enumerate(range(0, len(rows), self.max_rows)):
-                out += generate(self.model, rows[start:start + self.max_rows], replace(params, seed=seed + i),
-                                pad_id=self.pad_id)
+            outputs = self.engine.generate([list(p) for p in prompts], requests)
         finally:
             self.model.train(was_training)
-        return RolloutResult(out)
+        samples = [c for out in outputs for c in out.completions]
+        return RolloutResult([c.token_ids for c in samples], [c.logprobs for c in samples])
