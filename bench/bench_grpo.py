@@ -10,8 +10,8 @@ libraries from one HF directory. A random model almost never samples <|im_end|>,
 --max-new-tokens in both libraries and both generate the same number of tokens; tokens/s counts completion tokens
 up to and including the first stop token. Rollouts: --queries prompts (two-digit arithmetic questions in the chat
 format) x --group-size samples, temperature 1. qwen25 rolls out through `EngineRollouts` (the inference engine:
-each prompt one request of n = G samples sharing one prefill, with per-token log-probs); TRL through `GRPOTrainer._generate_single_turn` (transformers generate on the same
-left-padded prompts). The GRPO step is qwen25's: `GRPOSource` (rollout, verifier rewards, advantages) then
+each prompt one request of n = G samples sharing one prefill, with per-token log-probs); TRL through
+`GRPOTrainer._generate_single_turn` (transformers generate on the same left-padded prompts). The GRPO step is qwen25's: `GRPOSource` (rollout, verifier rewards, advantages) then
 `Trainer.step` (forward, backward, clipping, AdamW). DPO: --pairs pairs per step (correct vs corrupted worked
 answers), forward + backward + AdamW with reference log-probs precomputed in both libraries; tokens/s counts real
 (unpadded) tokens of the chosen and rejected sequences. Runs alternate between the libraries; the best of
