@@ -185,7 +185,8 @@ def create_app(served: ServedModel, runner: EngineRunner, api_key: str | None = 
             ("qwen25_batch_rows", "gauge", "sequences in the decode batch", m.rows),
             ("qwen25_prompt_tokens_total", "counter", "prompt tokens prefilled", m.prefill_tokens),
             ("qwen25_generation_tokens_total", "counter", "tokens generated", m.generated_tokens),
-            ("qwen25_generation_tokens_per_second", "gauge", "tokens generated per second, recent", m.tokens_per_second),
+            ("qwen25_generation_tokens_per_second", "gauge", "tokens generated per second, recent",
+             m.tokens_per_second),
             ("qwen25_time_to_first_token_seconds", "gauge", "mean time to first token, latest requests",
              m.mean_time_to_first_token or 0.0),
             ("qwen25_http_requests_total", "counter", "completion requests received", counters["requests"]),
@@ -211,7 +212,8 @@ def create_app(served: ServedModel, runner: EngineRunner, api_key: str | None = 
         generation = Generation(runner, http, job)
         head = {"id": new_id("chatcmpl"), "created": int(time.time()), "model": served.name}
         if req.stream:
-            return StreamingResponse(_closing(chat_stream(req, job, generation, head), generation), media_type="text/event-stream")
+            return StreamingResponse(_closing(chat_stream(req, job, generation, head), generation),
+                                     media_type="text/event-stream")
         finished = {}
         async for _, delta in generation.deltas():
             if delta.finish_reason is not None:
@@ -258,7 +260,8 @@ def create_app(served: ServedModel, runner: EngineRunner, api_key: str | None = 
         head = {"id": new_id("cmpl"), "created": int(time.time()), "model": served.name, "object": "text_completion"}
         n = job.params[0].n
         if req.stream:
-            return StreamingResponse(_closing(completion_stream(req, job, generation, head), generation), media_type="text/event-stream")
+            return StreamingResponse(_closing(completion_stream(req, job, generation, head), generation),
+                                     media_type="text/event-stream")
         finished = {}
         async for p, delta in generation.deltas():
             if delta.finish_reason is not None:

@@ -96,15 +96,17 @@ class Job:
 def new_token_budget(served: ServedModel, n_prompt: int, requested: int | None, param: str, prompt_param: str) -> int:
     room = served.max_positions - n_prompt
     if room <= 0:
-        raise APIError(400, f"This model's maximum context length is {served.max_positions} tokens, and the "
-                            f"prompt has {n_prompt}: no room left to generate. Shorten the prompt.", prompt_param,
+        raise APIError(400, f"{prompt_param}: this model's maximum context length is {served.max_positions} tokens, "
+                            f"and the prompt has {n_prompt}: no room left to generate. Shorten the prompt.",
+                       prompt_param,
                        code="context_length_exceeded")
     if requested is None:
         return min(room, MAX_NEW_TOKENS)
     if requested > room:
-        raise APIError(400, f"This model's maximum context length is {served.max_positions} tokens. The prompt has "
-                            f"{n_prompt} tokens and {param} asks for {requested} more ({n_prompt + requested} in "
-                            f"all); ask for at most {room}.", param, code="context_length_exceeded")
+        raise APIError(400, f"{param}: this model's maximum context length is {served.max_positions} tokens. The "
+                            f"prompt has {n_prompt} tokens and {param} asks for {requested} more "
+                            f"({n_prompt + requested} in all); ask for at most {room}.", param,
+                       code="context_length_exceeded")
     return requested
 
 
@@ -158,7 +160,7 @@ def template_messages(req: ChatCompletionRequest) -> list[dict]:
     for i, m in enumerate(req.messages):
         where = f"messages[{i}]"
         if m.role == "tool" and (i == 0 or not (out[-1]["role"] == "tool" or out[-1].get("tool_calls"))):
-            raise APIError(400, f"{where}: a 'tool' message must follow an assistant message with tool_calls "
+            raise APIError(400, f"{where}.role: a 'tool' message must follow an assistant message with tool_calls "
                                 f"(or another tool message)", f"{where}.role")
         if m.tool_calls and m.role != "assistant":
             raise APIError(400, f"{where}.tool_calls: only assistant messages carry tool calls", f"{where}.tool_calls")
