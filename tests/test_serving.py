@@ -180,7 +180,7 @@ def test_json_object_mode_gives_an_object(client):
 
 
 def test_concurrent_streams_equal_their_replies_alone(client):
-    prompts = [(f"Question {i}: what is {i} + {i}?", 4 + 3 * (i % 7)) for i in range(24)]
+    prompts = [(f"Question {i}: what is {i} + {i}?", 4 + 3 * (i % 7)) for i in range(32)]
     alone = [chat(client, p, max_tokens=m).choices[0].message.content for p, m in prompts]
     with ThreadPoolExecutor(len(prompts)) as pool:
         together = list(pool.map(lambda pm: streamed_text(client, pm[0], max_tokens=pm[1]), prompts))
