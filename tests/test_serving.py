@@ -17,7 +17,9 @@ import pytest
 from serving_helpers import MAX_POSITIONS, MODEL, running_server, tiny_model
 
 from qwen25.inference.engine import Engine
+from qwen25.inference.hub import is_cached
 from qwen25.inference.sampling import SamplingParams
+from qwen25.loading import load_model
 from qwen25.tokenizer import load_tokenizer
 
 WEATHER = {"type": "function", "function": {
@@ -292,3 +294,31 @@ def test_api_key_and_full_queue():
         codes = sorted(s for s, _ in statuses)
         assert 200 in codes and 429 in codes, statuses  # one runs, one waits, the rest are turned away
         assert all(b["error"]["code"] == "queue_full" for s, b in statuses if s == 429)
+
+
+REAL = "qwen2.5-coder-0.5b-instruct"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not is_cached(REAL), reason=f"{REAL} is not fetched (qwen25 models fetch {REAL})")
+def test_real_model_chat_and_tool_round_trip():
+    model = load_model(REAL, dtype="bfloat16").eval()
+    city = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    tool = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+                                             "parameters": city}}
+    with running_server(model=model, max_batch=4) as (url, _):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
+        answer = client.chat.completions.create(model=MODEL, temperature=0, max_tokens=10, messages=[
+            {"role": "user", "content": "What is 2+3? Answer with the number only."}])
+        assert answer.choices[0].message.content.strip() == "5"
+        messages = [{"role": "user", "content": "What's the weather like in Paris right now?"}]
+        first = client.chat.completions.create(model=MODEL, messages=messages, tools=[tool], temperature=0,
+                                               max_tokens=60, tool_choice="required")
+        call = first.choices[0].message.tool_calls[0]
+        assert call.function.name == "get_weather"
+        assert json.loads(call.function.arguments)["city"].lower() == "paris"
+        messages += [first.choices[0].message.model_dump(exclude_none=True),
+                     {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature_c": 21})}]
+        final = client.chat.completions.create(model=MODEL, messages=messages, tools=[tool], temperature=0,
+                                               max_tokens=40, tool_choice="none")
+        assert final.choices[0].finish_reason == "stop" and "21" in final.choices[0].message.content
