@@ -5,6 +5,7 @@ server keeps serving, a client that goes away frees its slot, the API key is enf
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -20,6 +21,7 @@ from qwen25.inference.engine import Engine
 from qwen25.inference.hub import is_cached
 from qwen25.inference.sampling import SamplingParams
 from qwen25.loading import load_model
+from qwen25.serving.runner import EngineRunner
 from qwen25.tokenizer import load_tokenizer
 
 WEATHER = {"type": "function", "function": {
@@ -322,3 +324,22 @@ def test_real_model_chat_and_tool_round_trip():
         final = client.chat.completions.create(model=MODEL, messages=messages, tools=[tool], temperature=0,
                                                max_tokens=40, tool_choice="none")
         assert final.choices[0].finish_reason == "stop" and "21" in final.choices[0].message.content
+
+
+def test_runner_drops_the_stream_of_a_request_nobody_reads():
+    runner = EngineRunner(Engine(tiny_model(), load_tokenizer("qwen2.5"), kernels="linear"))
+    runner.start()
+
+    async def submit_and_walk_away():
+        runner.submit([1, 2, 3], SamplingParams(max_new_tokens=4, n=2))
+        deadline = time.monotonic() + 30
+        while runner.engine.has_work:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
+
+    try:
+        asyncio.run(submit_and_walk_away())
+        assert runner._streams == {} and runner._unfinished == {}
+    finally:
+        runner.stop()

@@ -25,6 +25,7 @@ class EngineRunner:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._unfinished: dict[str, int] = {}  # samples still running per request: its stream is dropped at 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -47,6 +48,7 @@ class EngineRunner:
         queue: asyncio.Queue = asyncio.Queue()
         with self._lock:  # registered before the engine can produce its first delta
             self._streams[request_id] = (asyncio.get_running_loop(), queue)
+            self._unfinished[request_id] = params.n
         try:
             self.engine.submit(prompt, params, request_id=request_id)
         except BaseException:
@@ -63,7 +65,11 @@ class EngineRunner:
 
     def release(self, request_id: str) -> None:
         with self._lock:
-            self._streams.pop(request_id, None)
+            self._release_locked(request_id)
+
+    def _release_locked(self, request_id: str) -> None:
+        self._streams.pop(request_id, None)
+        self._unfinished.pop(request_id, None)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -81,6 +87,11 @@ class EngineRunner:
     def _deliver(self, deltas: list[Delta]) -> None:
         with self._lock:
             targets = [(self._streams.get(d.request_id), d) for d in deltas]
+            for d in deltas:  # a finished request's stream goes, even if its handler never reads it
+                if d.finish_reason is not None and d.request_id in self._unfinished:
+                    self._unfinished[d.request_id] -= 1
+                    if self._unfinished[d.request_id] == 0:
+                        self._release_locked(d.request_id)
         for target, delta in targets:
             if target is not None:
                 _put(*target, delta)
@@ -89,7 +100,7 @@ class EngineRunner:
         self.failure = trace.strip().splitlines()[-1]
         print(f"qwen25 serve: the engine failed; no request can be served:\n{trace}", flush=True)
         with self._lock:
-            streams, self._streams = list(self._streams.values()), {}
+            streams, self._streams, self._unfinished = list(self._streams.values()), {}, {}
         for loop, queue in streams:
             _put(loop, queue, EngineFailed(self.failure))
 
