@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import shutil
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -343,3 +346,24 @@ def test_runner_drops_the_stream_of_a_request_nobody_reads():
         assert runner._streams == {} and runner._unfinished == {}
     finally:
         runner.stop()
+
+
+def test_chat_page_is_served_and_its_client_streams_the_reply(server, client, tmp_path):
+    url = server[0]
+    page = httpx.get(url + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert not re.search(r"(src|href)=\"(https?:)?//", page.text)  # no external assets: it works offline
+    if shutil.which("node") is None:
+        pytest.skip("no Node.js to run the page's streaming client (the browser test needs a headless browser)")
+    script = page.text.split("<script>")[1].split("</script>")[0]
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hello from the page"}], "temperature": 0,
+            "max_tokens": 12}
+    runner_js = tmp_path / "page.js"
+    runner_js.write_text(script + f"\nstreamChat({json.dumps(url)}, {json.dumps(body)}, null, () => {{}})"
+                         ".then((r) => console.log(JSON.stringify(r)), (e) => { console.error(e); process.exit(1); });\n")
+    out = subprocess.run(["node", str(runner_js)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    alone = chat(client, "Hello from the page", max_tokens=12)
+    assert result["text"] == alone.choices[0].message.content
+    assert result["finishReason"] == "length" and result["usage"]["completion_tokens"] == 12

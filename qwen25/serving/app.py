@@ -1,4 +1,5 @@
-"""The HTTP API: OpenAI's /v1/chat/completions, /v1/completions and /v1/models, plus /health and /metrics.
+"""The HTTP API: OpenAI's /v1/chat/completions, /v1/completions and /v1/models, plus /health, /metrics and a
+chat page at / that talks to the same API.
 
 Every refusal is an OpenAI error object (`{"error": {"message", "type", "param", "code"}}`): malformed JSON or
 a field of the wrong type or range is a 400 naming the field, an unknown model a 404, a full queue a 429, a
@@ -14,10 +15,11 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from qwen25.inference.engine import Delta, QueueFull
@@ -36,6 +38,7 @@ from qwen25.serving.translate import (
     usage,
 )
 
+CHAT_PAGE = Path(__file__).with_name("chat.html")  # one static page, no external assets: works offline
 DISCONNECT_POLL = 0.25  # seconds between checks that a waiting client is still there
 
 
@@ -169,6 +172,10 @@ def create_app(served: ServedModel, runner: EngineRunner, api_key: str | None = 
     def model_card() -> dict:
         return {"id": served.name, "object": "model", "created": served.created, "owned_by": "qwen25",
                 "max_model_len": served.max_positions}
+
+    @app.get("/")
+    async def chat_page():
+        return HTMLResponse(CHAT_PAGE.read_text(encoding="utf-8"))
 
     @app.get("/health")
     async def health():
