@@ -367,3 +367,14 @@ def test_chat_page_is_served_and_its_client_streams_the_reply(server, client, tm
     alone = chat(client, "Hello from the page", max_tokens=12)
     assert result["text"] == alone.choices[0].message.content
     assert result["finishReason"] == "length" and result["usage"]["completion_tokens"] == 12
+
+
+def test_completion_stream_joins_to_the_non_streamed_text(client):
+    whole = client.completions.create(model=MODEL, prompt=["def add(a, b):", "日本語"], max_tokens=10, temperature=0)
+    chunks = list(client.completions.create(model=MODEL, prompt=["def add(a, b):", "日本語"], max_tokens=10,
+                                            temperature=0, stream=True, stream_options={"include_usage": True}))
+    texts = {0: "", 1: ""}
+    for c in chunks[:-1]:
+        texts[c.choices[0].index] += c.choices[0].text
+    assert [texts[0], texts[1]] == [c.text for c in whole.choices]
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens == 20
