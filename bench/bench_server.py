@@ -1,8 +1,8 @@
 """Throughput and time to first token of `qwen25 serve` under concurrent clients, against transformers' `generate`
 run on the same requests one after another (what serving without a batching engine gives).
 
-    .venv/bin/python bench/bench_serve.py                               # 0.5B shape, bf16, concurrency 1 4 16
-    .venv/bin/python bench/bench_serve.py --preset qwen25-tiny --requests 8 --concurrency 1 4   # a quick check
+    .venv/bin/python bench/bench_server.py                              # 0.5B shape, bf16, concurrency 1 4 16 32
+    .venv/bin/python bench/bench_server.py --preset qwen25-tiny --requests 8 --concurrency 1 4   # a quick check
 
 A random model of the preset's shape (official vocabulary) is written to a temporary directory with the official
 tokenizer; `qwen25 serve` runs on it as a subprocess on 127.0.0.1, and threads of the official `openai` client
@@ -116,8 +116,9 @@ def main() -> None:
     ap.add_argument("--preset", default="qwen2.5-0.5b", help="model shape (random weights)")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--requests", type=int, default=32)
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
+    ap.add_argument("--max-batch", type=int, default=32,
+                    help="the server's --max-batch (32: all clients of the largest default concurrency run together)")
     ap.add_argument("--prompt-words", type=int, nargs=2, default=[20, 200])
     ap.add_argument("--new-tokens", type=int, nargs=2, default=[16, 64])
     ap.add_argument("--kernels", help="decode kernel mode for the server (QWEN25_KERNELS)")
