@@ -18,7 +18,7 @@ import httpx2 as httpx  # the HTTP client the openai package is built on
 import jsonschema
 import openai
 import pytest
-from serving_helpers import MAX_POSITIONS, MODEL, running_server, tiny_model
+from serving_helpers import MAX_POSITIONS, MODEL, chromium_paths, headless_chromium, running_server, tiny_model
 
 from qwen25.inference.engine import Engine
 from qwen25.inference.hub import is_cached
@@ -354,7 +354,7 @@ def test_chat_page_is_served_and_its_client_streams_the_reply(server, client, tm
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert not re.search(r"(src|href)=\"(https?:)?//", page.text)  # no external assets: it works offline
     if shutil.which("node") is None:
-        pytest.skip("no Node.js to run the page's streaming client (the browser test needs a headless browser)")
+        pytest.skip("no Node.js to run the page's streaming client")
     script = page.text.split("<script>")[1].split("</script>")[0]
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Hello from the page"}], "temperature": 0,
             "max_tokens": 12}
@@ -378,3 +378,38 @@ def test_completion_stream_joins_to_the_non_streamed_text(client):
         texts[c.choices[0].index] += c.choices[0].text
     assert [texts[0], texts[1]] == [c.text for c in whole.choices]
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens == 20
+
+
+def test_chat_page_in_headless_chromium_streams_the_greedy_reply(server, client):
+    paths = chromium_paths()
+    if paths is None:
+        pytest.skip("no Chromium with chromedriver installed (Debian: apt-get install chromium chromium-driver)")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    question = "What is the capital of France?"  # the tiny model answers in CJK: multi-byte text through the stream
+    with headless_chromium(*paths) as page:
+        page.get(server[0] + "/")
+        WebDriverWait(page, 30).until(lambda p: p.find_element(By.ID, "model").text == MODEL)
+        for field, value in (("temperature", "0"), ("max_tokens", "12")):
+            page.find_element(By.ID, field).clear()
+            page.find_element(By.ID, field).send_keys(value)
+        # Record each text the answer shows as it grows: a streamed answer shows several.
+        page.execute_script(
+            "window.seen = []; new MutationObserver(() => {"
+            "  const t = document.querySelector('#answer-1 .text');"
+            "  if (t && t.textContent && t.textContent !== seen[seen.length - 1]) seen.push(t.textContent);"
+            "}).observe(document.getElementById('log'), {subtree: true, childList: true, characterData: true});")
+        page.find_element(By.ID, "prompt").send_keys(question, Keys.ENTER)
+        WebDriverWait(page, 60).until(
+            lambda p: p.find_element(By.ID, "answer-1").get_attribute("data-done") == "true")
+        asked = page.find_element(By.CSS_SELECTOR, ".msg.user").text
+        answer = page.find_element(By.CSS_SELECTOR, "#answer-1 .text").get_attribute("textContent")
+        meta = page.find_element(By.CSS_SELECTOR, "#answer-1 .meta").text
+        seen = page.execute_script("return window.seen")
+    alone = chat(client, question, max_tokens=12)
+    assert asked == question
+    assert answer == alone.choices[0].message.content
+    assert meta == "length · 12 tokens"
+    assert len(seen) >= 2 and seen[-1] == answer and all(answer.startswith(t) for t in seen), seen
