@@ -51,10 +51,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_dir: Path, port: int, max_batch: int, dtype: str, kernels: str | None) -> subprocess.Popen:
+def start_server(model_dir: Path | str, port: int, max_batch: int, dtype: str, kernels: str | None,
+                 name: str = "bench") -> subprocess.Popen:
     env = dict(os.environ, **({"QWEN25_KERNELS": kernels} if kernels else {}))
     proc = subprocess.Popen([sys.executable, "-m", "qwen25.cli", "serve", "--model", str(model_dir), "--port", str(port),
-                             "--served-model-name", "bench", "--max-batch", str(max_batch), "--max-queue", "1024",
+                             "--served-model-name", name, "--max-batch", str(max_batch), "--max-queue", "1024",
                              "--dtype", dtype], env=env)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
