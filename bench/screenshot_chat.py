@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--question", default=QUESTION)
     ap.add_argument("--max-tokens", default="400", help="the page's max tokens field")
     ap.add_argument("--out", type=Path, default=Path("docs/images/chat-page.png"))
-    ap.add_argument("--size", default="1100,760", help="window width,height in pixels")
+    ap.add_argument("--size", default="1100,1080", help="window width,height in pixels")
     args = ap.parse_args()
     browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not browser or not driver:
