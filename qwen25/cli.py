@@ -45,6 +45,14 @@ def cmd_kernels(args: argparse.Namespace) -> None:
     kernels_command(model=args.model, dtype=args.dtype, remeasure=args.remeasure)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from qwen25.serving.server import serve
+
+    serve(model=args.model, host=args.host, port=args.port, api_key=args.api_key,
+          served_model_name=args.served_model_name, tokenizer=args.tokenizer, dtype=args.dtype,
+          max_batch=args.max_batch, max_queue=args.max_queue)
+
+
 def cmd_tokenizer_build_qwen(args: argparse.Namespace) -> None:
     from qwen25.tokenizer.official import build_official, official_tokenizer
 
@@ -397,6 +405,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     p.add_argument("--remeasure", action="store_true", help="measure again (on a quiet machine) and cache it")
     p.set_defaults(func=cmd_kernels)
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (chat, completions, streaming, tools, JSON)")
+    p.add_argument("--model", required=True, help="preset name, HF model directory or fetched model name")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=nonnegative_int, default=8000)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 requests")
+    p.add_argument("--served-model-name", help="the model's name in the API (default: the directory's name)")
+    p.add_argument("--tokenizer", help="tokenizer directory or 'qwen2.5' (default: the model directory's)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.add_argument("--max-batch", type=positive_int, default=16, help="sequences decoded together")
+    p.add_argument("--max-queue", type=positive_int, default=64, help="waiting requests before 429")
+    p.set_defaults(func=cmd_serve)
 
     tok = sub.add_parser("tokenizer", help="build, train and use tokenizers").add_subparsers(dest="action", required=True)
     p = tok.add_parser("build-qwen", help="build the official Qwen2.5 tokenizer offline from qwen.tiktoken")

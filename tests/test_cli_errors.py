@@ -263,6 +263,14 @@ CASES = [
     (["generate", "--model", "@model", "--prompt", "hi", "--top-k", "-2"], "--top-k"),
     (["kernels", "--model", "@missing"], "missing"),
     (["kernels", "--model", "@model", "--dtype", "int8"], "--dtype"),
+    # serve
+    (["serve", "--model", "@missing"], "missing"),
+    (["serve", "--model", "@bare"], "tokenizer"),
+    (["serve", "--model", "@model", "--port", "70000"], "--port"),
+    (["serve", "--model", "@model", "--api-key", " "], "--api-key"),
+    (["serve", "--model", "@model", "--max-batch", "0"], "--max-batch"),
+    (["serve", "--model", "@model", "--max-queue", "x"], "--max-queue"),
+    (["serve", "--model", "@model", "--tokenizer", "@nosuchtok"], "nosuchtok"),
     # generic
     (["nosuchverb"], "nosuchverb"),
 ]
