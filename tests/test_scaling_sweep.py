@@ -216,3 +216,25 @@ def test_validate_trains_the_held_out_runs_and_writes_the_doc(prepared, tmp_path
     run_validation(r, doc, replicates=200, log=lambda *_: None)
     assert len(read_results(r.directory / "heldout.jsonl")) == 3
     assert doc.read_text().count("<!-- results-fit:begin -->") == 1
+
+
+@pytest.mark.parametrize("name", ["scaling-cpu", "scaling-smoke", "scaling-gpu"])
+def test_shipped_recipes_hold_a_valid_grid_and_a_held_out_check_beyond_it(name):
+    """Each shipped recipe loads and validates; its held-out dense shape is larger than every shape of the grid in
+    N (activated, as the fit counts) and trains on more tokens than any grid run (what `validate` requires)."""
+    from qwen25.model import build_model
+    from qwen25.scaling.recipe import model_config
+    from qwen25.scaling.sweep import describe_params
+
+    recipe = load_scaling_recipe(f"recipes/{name}.toml")
+    runs = grid(recipe)
+    assert len(runs) >= 10 and len({r.id for r in runs}) == len(runs)
+
+    def n(entry):
+        cfg = model_config(entry, recipe.tokenizer.vocab_size, None, recipe.sweep.seq_len)
+        return describe_params(build_model(cfg, device="meta"))["params_activated_non_embedding"]
+
+    assert n(recipe.heldout.dense) > max(n(r.model) for r in runs)
+    assert recipe.heldout.dense.tokens[0] > max(r.tokens for r in runs)
+    assert recipe.heldout.moe is not None
+    assert {r.model.name for r in runs if r.model.overrides.get("num_experts", 0)}, "the grid has MoE shapes"
