@@ -43,6 +43,25 @@ def test_quadratic_optimum_is_exact_on_a_quadratic_and_between_grid_points():
     assert one.log_lr == pytest.approx(x0 - 0.1 * (y[0] - y0) / 0.8, abs=1e-9)
 
 
+def test_profiles_through_the_best_run_when_the_joint_quadratic_fails():
+    """Loss that climbs steeply above the best LR (as small models' loss does) is far from a joint quadratic over
+    the grid; the fallback locates LR and batch on the best run's row and column."""
+    from qwen25.scaling.laws import _optimum_profiles
+
+    x, y = np.meshgrid(np.log([1e-3, 2e-3, 4e-3, 8e-3]), np.log([512, 1024, 2048]))
+    x, y = x.ravel(), y.ravel()
+    x0, y0 = np.log(2.5e-3), np.log(900.0)
+    z = 3.0 + 0.4 * (x - x0) ** 2 + 0.2 * (y - y0) ** 2
+    opt = _optimum_profiles(x, y, z, 0.5, "joint failed")
+    assert opt.status == "ok"
+    assert opt.log_lr == pytest.approx(x0, abs=1e-9) and opt.log_batch == pytest.approx(y0, abs=1e-9)
+    steep = z + np.where(x > x0, 3.0 * (x - x0) ** 3, 0.0) * np.exp(y - y0)  # not a joint quadratic
+    opt = quadratic_optimum(x, y, steep)
+    assert opt.status == "ok" and abs(opt.log_lr - x0) < np.log(2) and abs(opt.log_batch - y0) < np.log(2)
+    bad = _optimum_profiles(x, y, 3.0 + x, 0.5, "joint failed")  # monotone in LR: no optimum anywhere
+    assert bad.status.startswith("joint failed; through the best run:")
+
+
 def test_quadratic_optimum_refuses_what_it_cannot_locate():
     x = np.log([1e-3, 2e-3, 4e-3])
     y = np.zeros(3)

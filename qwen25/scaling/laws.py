@@ -83,7 +83,8 @@ def quadratic_optimum(log_lr: np.ndarray, log_batch: np.ndarray, loss: np.ndarra
     x, y, z = x[keep], y[keep], z[keep]
     nx, ny = len(np.unique(x)), len(np.unique(y))
     if nx >= 3 and ny >= 3 and len(z) >= 6:
-        return _optimum_2d(x, y, z, margin)
+        joint = _optimum_2d(x, y, z, margin)
+        return joint if joint.status == "ok" else _optimum_profiles(x, y, z, margin, joint.status)
     if nx >= 3:
         values, counts = np.unique(y, return_counts=True)
         at = y == values[np.argmax(counts)]
@@ -96,6 +97,19 @@ def quadratic_optimum(log_lr: np.ndarray, log_batch: np.ndarray, loss: np.ndarra
         return Optimum(None, opt, value, status)
     return Optimum(None, None, None, f"too few finished runs ({len(z)}; {nx} learning rates, {ny} batch sizes: "
                                      "need 3 values of at least one)")
+
+
+def _optimum_profiles(x: np.ndarray, y: np.ndarray, z: np.ndarray, margin: float, why: str) -> Optimum:
+    """When the joint quadratic fails (loss far from quadratic over the whole grid: it rises much faster above the
+    best LR than below), one-dimensional quadratics through the best run's row and column: log LR at the best
+    run's batch, log batch at the best run's LR. Each needs 3 values on its line."""
+    best = int(np.argmin(z))
+    row, column = y == y[best], x == x[best]
+    lr, lr_loss, lr_status = _optimum_1d(x[row], z[row], margin, "learning rate")
+    batch, batch_loss, batch_status = _optimum_1d(y[column], z[column], margin, "batch size")
+    if lr_status != "ok" or batch_status != "ok":
+        return Optimum(None, None, None, f"{why}; through the best run: {lr_status if lr_status != 'ok' else batch_status}")
+    return Optimum(lr, batch, min(lr_loss, batch_loss), "ok")
 
 
 def _inside(value: float, tried: np.ndarray, margin: float) -> bool:
