@@ -56,10 +56,14 @@ def plan_heldout(recipe: ScalingRecipe, fit: ScalingFit) -> list[tuple[str, RunS
             raise RecipeError(f"{recipe.source}: heldout.{key}.name {entry.name!r} is a shape of the sweep; "
                               "a held-out check needs one the fit has not seen")
         p = predict(fit, n, d, n_total if key == "moe" else None)
-        missing = [what for what, v in (("LR", p.lr), ("batch", p.batch_tokens), ("loss", p.loss)) if v is None]
+        missing = [what for what, v in (("LR", p.lr), ("loss", p.loss)) if v is None]
         if missing:
             raise ValueError(f"the fit cannot predict {', '.join(missing)} for heldout.{key}: " + "; ".join(p.notes))
         batch = p.batch_sequences
+        if batch is None:  # too few groups located a batch optimum: check the LR and loss at the sweep's batch
+            batch = sorted(recipe.sweep.batches)[len(recipe.sweep.batches) // 2]
+            p.notes.append(f"no batch law, so heldout.{key} trains at the sweep's batch ({batch} sequences), not a "
+                           "predicted one")
         runs.append((f"{entry.name} at the predicted LR", make_run(recipe, entry, d, p.lr[0], batch), p))
         if key == "dense":
             for factor in held.lr_factors:
@@ -109,6 +113,7 @@ def run_validation(recipe: ScalingRecipe, doc: Path | None = None, section: str 
     """Fit, train the held-out runs, and write the numbers (see the module docstring). Returns the markdown."""
     if threads:
         torch.set_num_threads(threads)
+    doc = Path(doc) if doc else None
     results = recipe.directory / "results.jsonl"
     records = read_results(results)
     fit = fit_results(records, measure, replicates=replicates, source=str(results))
