@@ -212,8 +212,8 @@ def test_validate_trains_the_held_out_runs_and_writes_the_doc(prepared, tmp_path
     assert "big at the predicted LR" in table and "matches a dense model of" in table
     assert (tmp_path / "docs" / "scaling" / "results" / "laws.png").is_file()
     assert "](scaling/results/laws.png)" in text
-    # a second validate trains nothing new and replaces its sections instead of adding more
-    run_validation(r, doc, replicates=200, log=lambda *_: None)
+    # a second validate (given the path as text, as the CLI does) trains nothing new and replaces its sections
+    run_validation(r, str(doc), replicates=200, log=lambda *_: None)
     assert len(read_results(r.directory / "heldout.jsonl")) == 3
     assert doc.read_text().count("<!-- results-fit:begin -->") == 1
 
