@@ -49,6 +49,14 @@ def float_in(low: float, high: float | None = None, low_open: bool = False):
     return parse
 
 
+def shard(text: str) -> tuple[int, int]:
+    """'i/n' with 0 <= i < n: this process's slice of a job split n ways."""
+    index, sep, count = text.partition("/")
+    if not sep or not index.strip().isdigit() or not count.strip().isdigit() or not 0 <= int(index) < int(count):
+        raise argparse.ArgumentTypeError(f"must look like i/n with 0 <= i < n, got {text!r}")
+    return int(index), int(count)
+
+
 positive_int = int_at_least(1)
 nonnegative_int = int_at_least(0)
 positive_float = float_in(0.0, low_open=True)

@@ -77,6 +77,23 @@ micro_batch = 8
 dtype = "float32"
 """
 
+SCALING_OK = """
+name = "sc"
+run_dir = "{run}"
+[tokenizer]
+vocab_size = 512
+[sweep]
+seq_len = 32
+tokens = [4096]
+[[models]]
+name = "a"
+overrides = {{ hidden_size = 16, intermediate_size = 32, num_hidden_layers = 1, num_attention_heads = 2, num_key_value_heads = 1 }}
+[heldout.dense]
+name = "b"
+overrides = {{ hidden_size = 32, intermediate_size = 64, num_hidden_layers = 1, num_attention_heads = 2, num_key_value_heads = 1 }}
+tokens = [8192]
+"""
+
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
@@ -121,6 +138,8 @@ def files(tmp_path_factory):
         (root / f"{stage}.toml").write_text(PAIRS_OK.format(run=root / f"{stage}run", model=model,
                                                            data=root / "pairs_ok.jsonl", extra=EXTRA[stage]))
     (root / "grpo.toml").write_text(GRPO_OK.format(run=root / "grpo", model=model, queries=root / "noqueries.jsonl"))
+    (root / "scaling.toml").write_text(SCALING_OK.format(run=root / "scalingrun"))
+    (root / "badrecord.jsonl").write_text('{"id": "x", "model": "m"}\n')
     return root
 
 
@@ -271,6 +290,44 @@ CASES = [
     (["serve", "--model", "@model", "--max-batch", "0"], "--max-batch"),
     (["serve", "--model", "@model", "--max-queue", "x"], "--max-queue"),
     (["serve", "--model", "@model", "--tokenizer", "@nosuchtok"], "nosuchtok"),
+    # scaling laws
+    (["scaling", "sweep", "--recipe", "@nofile.toml"], "nofile.toml"),
+    (["scaling", "sweep", "--recipe", "@bad.toml"], "not valid TOML"),
+    (["scaling", "sweep", "--recipe", "@scaling.toml", "--shard", "3/2"], "--shard"),
+    (["scaling", "sweep", "--recipe", "@scaling.toml", "--shard", "x"], "--shard"),
+    (["scaling", "sweep", "--recipe", "@scaling.toml", "--threads", "-1"], "--threads"),
+    (["scaling", "sweep", "--recipe", "@scaling.toml", "--set", "sweep.lr=[1]"], "unknown key 'lr'"),
+    (["scaling", "sweep", "--recipe", "@scaling.toml", "--set", "sweep.lrs=[-1]"], "sweep.lrs"),
+    (["scaling", "sweep", "--recipe", "@scaling.toml", "--set", "sweep.lrs=[1e-3, 1e-3]"], "sweep.lrs"),
+    (["scaling", "sweep", "--recipe", "@scaling.toml", "--set", "sweep.batches=[0]"], "sweep.batches"),
+    (["scaling", "sweep", "--recipe", "@scaling.toml", "--set", "sweep.tokens=[8]"], "sweep.tokens"),
+    (["scaling", "sweep", "--recipe", "@scaling.toml", "--set", "sweep.schedule=linear"], "sweep.schedule"),
+    (["scaling", "sweep", "--recipe", "@scaling.toml", "--set", "sweep.warmup_fraction=1.5"], "warmup_fraction"),
+    (["scaling", "sweep", "--recipe", "@scaling.toml", "--set", "sweep.curve_points=0"], "sweep.curve_points"),
+    (["scaling", "sweep", "--recipe", "@scaling.toml", "--set", "models=[]"], "models"),
+    (["scaling", "sweep", "--recipe", "@scaling.toml", "--set", "models.0.preset=qwen9"], "qwen9"),
+    (["scaling", "sweep", "--recipe", "@scaling.toml", "--set", "models.0.overrides.hidden_size=-1"],
+     "hidden_size"),
+    (["scaling", "sweep", "--recipe", "@scaling.toml", "--set", "models.0.name=a/b"], "models[0].name"),
+    (["scaling", "sweep", "--recipe", "@scaling.toml", "--set", "train.micro_batch=0"], "train.micro_batch"),
+    (["scaling", "sweep", "--recipe", "@scaling.toml", "--set", "data.workers=0"], "data.workers"),
+    (["scaling", "validate", "--recipe", "@scaling.toml"], "results.jsonl"),
+    (["scaling", "validate", "--recipe", "@scaling.toml", "--set", "heldout.dense.tokens=[1, 2]"],
+     "heldout.dense.tokens"),
+    (["scaling", "validate", "--recipe", "@scaling.toml", "--set", "heldout.lr_factors=[1]"], "heldout.lr_factors"),
+    (["scaling", "validate", "--recipe", "@scaling.toml", "--set", "heldout.dense.overrides.num_experts=4"],
+     "heldout.dense"),
+    (["scaling", "validate", "--recipe", "@scaling.toml", "--replicates", "5"], "--replicates"),
+    (["scaling", "fit", "--results", "@nofile.jsonl", "--out", "@fitout"], "nofile.jsonl"),
+    (["scaling", "fit", "--results", "@queries.jsonl", "--out", "@fitout"], "queries.jsonl:1"),
+    (["scaling", "fit", "--results", "@badrecord.jsonl", "--out", "@fitout"], "badrecord.jsonl:1"),
+    (["scaling", "fit", "--results", "@badrecord.jsonl", "--out", "@fitout", "--measure", "all"], "--measure"),
+    (["scaling", "fit", "--results", "@badrecord.jsonl", "--out", "@fitout", "--huber-delta", "0"],
+     "--huber-delta"),
+    (["scaling", "predict", "--fit", "@nofit", "--params", "1e6", "--tokens", "1e9"], "nofit"),
+    (["scaling", "predict", "--fit", "@text.txt", "--params", "1e6", "--tokens", "1e9"], "text.txt"),
+    (["scaling", "predict", "--fit", "@text.txt", "--params", "-1", "--tokens", "1e9"], "--params"),
+    (["scaling", "predict", "--fit", "@text.txt", "--params", "1e6"], "--tokens"),
     # generic
     (["nosuchverb"], "nosuchverb"),
 ]
