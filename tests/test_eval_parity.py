@@ -1,0 +1,101 @@
+"""Multiple-choice scores of the real Qwen2.5-Coder-0.5B-Instruct agree with transformers on the same weights.
+
+transformers (AutoModelForCausalLM on the fetched HF directory) scores every choice of the same items; the
+predicted choice (acc and lm-eval's acc_norm) must be the same per item. By default both sides score the first
+QWEN25_PARITY_ITEMS (8) items of each task here; with QWEN25_EVAL_RECORDS=RESULTS.items.jsonl the qwen25 side is
+the per-item records of a `qwen25 eval run` (the docs/eval.md run), so its reported choices are what is compared.
+Skipped when the real model has not been fetched (`qwen25 models fetch qwen2.5-coder-0.5b-instruct`).
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from qwen25.eval.harness import choice_requests
+from qwen25.eval.metrics import argmax
+from qwen25.eval.tasks import TaskSpec, build_task
+from qwen25.inference.hub import is_cached, model_dir
+
+REAL = "qwen2.5-coder-0.5b-instruct"
+TASKS = ("arc_easy", "arc_challenge", "hellaswag", "mmlu")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not is_cached(REAL), reason=f"{REAL} not fetched (qwen25 models fetch {REAL})")]
+
+
+@torch.inference_mode()
+def transformers_loglikelihoods(hf_model, requests) -> list[list[float]]:
+    """Per request: prefill the context once with transformers' cache, repeat the cache per continuation
+    (DynamicCache.batch_repeat_interleave), then score the continuations; logits from transformers' own head."""
+    from transformers import DynamicCache
+
+    out = []
+    for r in requests:
+        cache = DynamicCache(config=hf_model.config)
+        first = hf_model(torch.tensor([r.context]), past_key_values=cache, use_cache=True).logits[0, -1]
+        first = torch.log_softmax(first.float(), -1)
+        lls = [float(first[c[0]]) for c in r.continuations]
+        longest = max(len(c) for c in r.continuations)
+        if longest > 1:
+            cache.batch_repeat_interleave(len(r.continuations))
+            ids = torch.zeros((len(r.continuations), longest - 1), dtype=torch.long)
+            for n, c in enumerate(r.continuations):
+                ids[n, :len(c) - 1] = torch.tensor(c[:-1])
+            mask = torch.ones((len(r.continuations), len(r.context) + longest - 1), dtype=torch.long)
+            logits = hf_model(ids, attention_mask=mask, past_key_values=cache, use_cache=True).logits
+            lp = torch.log_softmax(logits.float(), -1)
+            for n, c in enumerate(r.continuations):
+                lls[n] += sum(float(lp[n, t, tok]) for t, tok in enumerate(c[1:]))
+        out.append(lls)
+    return out
+
+
+def _our_records(task_name, items, model, tokenizer):
+    path = os.environ.get("QWEN25_EVAL_RECORDS")
+    if path:
+        by_id = {r["id"]: r for r in map(json.loads, Path(path).read_text().splitlines()) if r["task"] == task_name}
+        if not by_id:
+            pytest.skip(f"{path} has no records of {task_name}")
+        return [by_id[item.id] for item in items[:len(by_id)]]
+    from qwen25.eval.harness import run_choice_task
+    from qwen25.eval.tasks import Task
+
+    _, records = run_choice_task(model, tokenizer, Task(task_name, "choice", items, {}), batch_tokens=4096)
+    return records
+
+
+@pytest.fixture(scope="module")
+def models():
+    from transformers import AutoModelForCausalLM
+
+    from qwen25.loading import load_model
+    from qwen25.tokenizer import load_tokenizer
+
+    directory = model_dir(REAL)
+    ours = None if os.environ.get("QWEN25_EVAL_RECORDS") else load_model(directory).eval()
+    theirs = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16).eval()
+    return ours, theirs, load_tokenizer(directory)
+
+
+@pytest.mark.parametrize("task_name", TASKS)
+def test_per_item_choices_match_transformers(models, task_name):
+    ours, theirs, tokenizer = models
+    limit = int(os.environ.get("QWEN25_PARITY_ITEMS", "8"))
+    items = build_task(TaskSpec(task_name, limit=None if os.environ.get("QWEN25_EVAL_RECORDS") else limit)).items
+    records = _our_records(task_name, items, ours, tokenizer)
+    items = items[:len(records)]
+    requests, where = choice_requests(items, tokenizer, theirs.config.max_position_embeddings)
+    hf = transformers_loglikelihoods(theirs, requests)
+    mismatches = []
+    for item, slots, record in zip(items, where, records):
+        lls = [hf[r][j] for r, j in slots]
+        pred = argmax(lls)
+        pred_norm = argmax([ll / max(1, len(c)) for ll, c in zip(lls, item.choices)])
+        if (pred, pred_norm) != (record["pred"], record["pred_norm"]):
+            mismatches.append((item.id, record["loglikelihoods"], lls))
+        diff = max(abs(a - b) for a, b in zip(record["loglikelihoods"], lls))
+        assert diff < 0.5, f"{task_name} {item.id}: log-likelihoods differ by {diff}"  # bf16 noise is ~0.05
+    print(f"{task_name}: {len(items)} items, {len(mismatches)} different choices")
+    assert not mismatches, f"{task_name}: choices differ from transformers on {mismatches}"
