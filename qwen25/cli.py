@@ -308,7 +308,8 @@ def cmd_data_decontaminate(args: argparse.Namespace) -> None:
     from qwen25.eval.decontaminate import decontaminate_file
 
     report = decontaminate_file(args.input, args.against, args.out, tokenizer=args.tokenizer, field=args.field,
-                                report_path=args.report, log=lambda line: print(line, file=sys.stderr, flush=True))
+                                report_path=args.report, window=args.window,
+                                log=lambda line: print(line, file=sys.stderr, flush=True))
     print(f"kept {report['documents_kept']}/{report['documents']} documents "
           f"({report['documents_per_second']:.1f} documents/s); report in {report['report']}")
 
@@ -343,6 +344,8 @@ def _add_evaluation_verbs(evals, data) -> None:
     p.add_argument("--tokenizer", default="qwen2.5", help="'qwen2.5' or a tokenizer directory")
     p.add_argument("--field", default="text", help="the documents' text field")
     p.add_argument("--report", help="report JSON (default: OUT with .report.json)")
+    p.add_argument("--window", type=int, default=0, help="apply the rule to training sequences of this many tokens "
+                   "cut from each document every WINDOW/2 tokens (default 0: whole documents)")
     p.set_defaults(func=cmd_data_decontaminate)
 
 

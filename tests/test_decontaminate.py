@@ -68,6 +68,18 @@ def test_index_finds_exactly_the_pairs_the_rule_names():
         assert all(lcs == lcs_length_reference(doc, tests[i]) for i, lcs in found.items())
 
 
+def test_windows_find_what_whole_documents_find_inside_them():
+    rng = random.Random(11)
+    tests = [[rng.randrange(500) for _ in range(rng.randint(19, 60))] for _ in range(50)]  # >= 13 after 30% edits
+    index = ContaminationIndex(tests)
+    for n in range(20):
+        filler = [rng.randrange(500, 900) for _ in range(rng.randint(0, 700))]
+        at = rng.randrange(len(filler) + 1)
+        doc = filler[:at] + _edit(tests[n], 0.25, rng) + filler[at:]
+        assert n in dict(index.matches(doc))
+        assert n in dict(index.window_matches(doc, 128))  # a test of <= 64 tokens lies whole inside one window
+
+
 def _edit(ids: list[int], share: float, rng: random.Random) -> list[int]:
     """Edit `share` of the tokens: substitutions, deletions and insertions in equal parts."""
     out = list(ids)

@@ -139,7 +139,8 @@ def test_task_sizes_and_items():
     chat = build_task(TaskSpec("gsm8k", chat=True, limit=1)).items[0]
     assert chat.messages[0]["content"].endswith("within \\boxed{}.") and not chat.prompt
     he = build_task(TaskSpec("humaneval", chat=True, limit=1))
-    assert he.stop == ("\n```",) and he.items[0].response_prefix.endswith("```python\n")
+    assert "\n```" in he.stop and "\ndef" in he.stop
+    assert he.items[0].response_prefix.endswith("```python\n" + data.human_eval_problems()[0]["prompt"])
 
 
 def test_mmlu_prompt_is_lm_evals_template():
@@ -246,7 +247,7 @@ def test_generative_scoring_with_reference_outputs():
         def reference(item):
             if name == "humaneval":
                 p = problems[item.id]
-                return p["prompt"] + p["canonical_solution"] if chat else p["canonical_solution"]
+                return p["canonical_solution"]
             if name == "mbpp":
                 return docs[item.id]["code"]
             return f"... so \\boxed{{{item.reference['answer']}}}" if chat else \

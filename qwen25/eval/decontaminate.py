@@ -120,6 +120,17 @@ class ContaminationIndex:
                 found.append((i, lcs))
         return found
 
+    def window_matches(self, doc: Sequence[int], window: int) -> list[tuple[int, int]]:
+        """`matches` over training sequences of `window` tokens cut from `doc` every window // 2 tokens (so any
+        span of up to window // 2 tokens lies whole inside one of them); the best LCS per test sequence."""
+        if window <= 0 or len(doc) <= window:
+            return self.matches(doc)
+        best: dict[int, int] = {}
+        for start in range(0, len(doc) - window // 2, window // 2):
+            for i, lcs in self.matches(doc[start:start + window]):
+                best[i] = max(best.get(i, 0), lcs)
+        return sorted(best.items())
+
 
 def benchmark_texts(task_names: str) -> list[tuple[str, str, str]]:
     """(task, item id, text) of every item of the named tasks (their own text: question and gold answer, or
@@ -137,9 +148,11 @@ def benchmark_texts(task_names: str) -> list[tuple[str, str, str]]:
 
 def decontaminate_file(input_path: str | Path, against: str, out_path: str | Path, tokenizer: str = "qwen2.5",
                        field: str = "text", report_path: str | Path | None = None,
-                       log: Callable[[str], None] | None = None, batch: int = 256) -> dict:
+                       log: Callable[[str], None] | None = None, batch: int = 256, window: int = 0) -> dict:
     """Write the documents of `input_path` that no test item of `against` contaminates, and a JSON report
-    (per task: documents removed and examples). Returns the report."""
+    (per task: documents removed and examples). Returns the report. `window` > 0 applies the rule to training
+    sequences of that many tokens cut from each document (a document goes when one of them is contaminated);
+    0 applies it to whole documents, where long documents meet it by chance against short test items."""
     from qwen25.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer)
@@ -157,7 +170,7 @@ def decontaminate_file(input_path: str | Path, against: str, out_path: str | Pat
         def flush() -> None:
             nonlocal kept
             for (line_no, record, line), ids in zip(pending, tok.encode_batch([r[field] for _, r, _ in pending])):
-                hits = index.matches(ids)
+                hits = index.window_matches(ids, window)
                 if not hits:
                     out.write(line)
                     kept += 1
@@ -185,7 +198,8 @@ def decontaminate_file(input_path: str | Path, against: str, out_path: str | Pat
     report = {"input": str(input_path), "against": against, "tokenizer": tokenizer, "test_sequences": len(tests),
               "documents": docs, "documents_kept": kept, "documents_removed": docs - kept, "seconds": round(seconds, 2),
               "documents_per_second": docs / seconds if seconds else 0.0, "removed_by_task": removed,
-              "rule": "LCS >= 13 and 5 * LCS >= 3 * min(len(document), len(test)) on token ids",
+              "rule": "LCS >= 13 and 5 * LCS >= 3 * min(len(sequence), len(test)) on token ids",
+              "training_sequence": f"windows of {window} tokens, stride {window // 2}" if window else "whole document",
               "report": str(report_path)}
     atomic_write_text(report_path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return report

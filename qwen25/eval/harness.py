@@ -131,14 +131,8 @@ def run_choice_task(model: torch.nn.Module, tokenizer, task: Task, batch_tokens:
 
 def _program(task: Task, item: GenItem, completion: str) -> str:
     ref = item.reference
-    if task.name == "humaneval":
-        if item.messages and f"def {ref['entry_point']}" in completion:
-            # a whole script: keep the prompt's imports, which chat answers often leave out
-            imports = "\n".join(line for line in ref["prompt"].splitlines() if line.startswith(("import ", "from ")))
-            code = imports + "\n" + completion
-        else:
-            code = ref["prompt"] + completion
-        return f"{code}\n\n{ref['test']}\n\ncheck({ref['entry_point']})\n"
+    if task.name == "humaneval":  # the completion continues the prompt (also in chat, through the response prefix)
+        return f"{ref['prompt']}{completion}\n\n{ref['test']}\n\ncheck({ref['entry_point']})\n"
     return f"{completion}\n\n{ref['tests']}\n"
 
 

