@@ -3,7 +3,8 @@
 transformers (AutoModelForCausalLM on the fetched HF directory) scores every choice of the same items; the
 predicted choice (acc and lm-eval's acc_norm) must be the same per item. By default both sides score the first
 QWEN25_PARITY_ITEMS (8) items of each task here; with QWEN25_EVAL_RECORDS=RESULTS.items.jsonl the qwen25 side is
-the per-item records of a `qwen25 eval run` (the docs/eval.md run), so its reported choices are what is compared.
+the per-item records of a `qwen25 eval run` (the docs/eval.md run), so its reported choices are what is compared
+(all of them, or the first QWEN25_PARITY_ITEMS).
 Skipped when the real model has not been fetched (`qwen25 models fetch qwen2.5-coder-0.5b-instruct`).
 """
 
@@ -58,7 +59,8 @@ def _our_records(task_name, items, model, tokenizer):
         by_id = {r["id"]: r for r in map(json.loads, Path(path).read_text().splitlines()) if r["task"] == task_name}
         if not by_id:
             pytest.skip(f"{path} has no records of {task_name}")
-        return [by_id[item.id] for item in items[:len(by_id)]]
+        cap = int(os.environ.get("QWEN25_PARITY_ITEMS", len(by_id)))
+        return [by_id[item.id] for item in items[:min(cap, len(by_id))]]
     from qwen25.eval.harness import run_choice_task
     from qwen25.eval.tasks import Task
 
