@@ -74,7 +74,8 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return context_ids, whole[len(context_ids):]
 
 
-def choice_requests(items: Sequence[ChoiceItem], tokenizer, max_length: int) -> tuple[list[Request], list[list[tuple[int, int]]]]:
+def choice_requests(items: Sequence[ChoiceItem], tokenizer,
+                    max_length: int) -> tuple[list[Request], list[list[tuple[int, int]]]]:
     """Requests sharing each item's context, and for every item the (request, continuation) of each choice.
     Truncation to the model's length (lm-eval's rule) can give one item's choices different contexts."""
     requests: list[Request] = []
@@ -176,7 +177,8 @@ def run_generate_task(task: Task, tokenizer, generate: GenerateFn, runner: CodeR
     run_settings = {**task.settings, "samples": samples, "temperature": temperature, "stop": list(task.stop),
                     "max_new_tokens": settings.max_new_tokens or task.max_new_tokens}
     if task.scorer == "code":
-        run_settings["sandbox"] = "subprocess " + ("without network" if network_isolation() else "(network not isolated)")
+        isolated = "without network" if network_isolation() else "(network not isolated)"
+        run_settings["sandbox"] = f"subprocess {isolated}"
     if log:
         log(f"{task.name}: {len(task.items)} items in {seconds:.1f} s")
     return [TaskResult(task.name, metric, *mean_and_stderr(values), len(values), run_settings, seconds)], records
@@ -211,7 +213,8 @@ def stop_token_ids(model) -> list[int]:
 
 
 def run_eval(settings: EvalSettings, log: Callable[[str], None] | None = None,
-             generate: GenerateFn | None = None, runner: CodeRunner = run_program) -> tuple[list[TaskResult], list[dict]]:
+             generate: GenerateFn | None = None,
+             runner: CodeRunner = run_program) -> tuple[list[TaskResult], list[dict]]:
     """Build every task (a bad name or data file fails before the model loads), load the model, score them."""
     from qwen25.loading import load_model
 
@@ -261,7 +264,8 @@ TABLE_METRICS = ("acc", "acc_norm", "exact_match", "pass@1", "string_match_all")
 
 def markdown_table(results: Sequence[TaskResult]) -> str:
     """One row per task and metric (acc_norm is lm-eval's: per character of the choice, leading space excluded)."""
-    lines = ["| task | metric | value (%) | stderr (%) | n | shots | chat | seconds |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | metric | value (%) | stderr (%) | n | shots | chat | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         if r.metric in TABLE_METRICS:
             lines.append(f"| {r.task} | {r.metric} | {100 * r.value:.1f} | {100 * r.stderr:.1f} | {r.n} | "

@@ -22,7 +22,8 @@ from qwen25.eval.longctx_tasks import Tokenizer, make_sample
 UNCONDITIONAL_DOC_ID = 1_000_000  # rc files end with unconditional requests ("Answer:" contexts) from here on
 BOXED_INSTRUCTION = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 # evalplus's instruction and response prefix for chat models (also the wording of OLMo's MBPP prompts).
-CODE_INSTRUCTION = "Please provide a self-contained Python script that solves the following problem in a markdown code block:"
+CODE_INSTRUCTION = ("Please provide a self-contained Python script that solves the following problem in a markdown "
+                    "code block:")
 CODE_RESPONSE_PREFIX = ("Below is a Python script with a self-contained function that solves the problem and passes "
                         "corresponding tests:\n```python\n")
 CODEX_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # HumanEval's completion stops (Chen et al., 2021)
@@ -161,7 +162,8 @@ def mmlu_items(shots: int) -> list[ChoiceItem]:
     each context is lm-eval's: description, the subject's first `shots` dev questions with answers, question."""
     per_subject = []
     for subject in data.mmlu_subjects():
-        description = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+        topic = subject.replace("_", " ")
+        description = f"The following are multiple choice questions (with answers) about {topic}.\n\n"
         dev = data.mmlu_split(subject, "dev")[:shots] if shots else []
         if len(dev) < shots:
             raise ValueError(f"mmlu: subject {subject} has {len(dev)} dev questions, fewer than {shots} shots")
