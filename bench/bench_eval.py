@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_eval.py                                  # the real 0.5B model, 3 tasks x 40 items
     .venv/bin/python bench/bench_eval.py --items 10 --repeats 1           # a quick look
 
-Both score the same (context, continuation) pairs of the same items: qwen25 through `run_choice_task` (contexts
-shared by their choices, LM head on continuation positions only), lm-eval 0.4.13 through `HFLM.loglikelihood`
+Both score the same (context, continuation) pairs of the same items: qwen25 through `run_choice_task` (the
+inference engine's `score`: contexts prefilled once for their choices, LM head on continuation positions only), lm-eval 0.4.13 through `HFLM.loglikelihood`
 on Instances built from the same items (its own encoding, batching and one-token-continuation cache; the model
 is transformers' AutoModelForCausalLM on the same directory and dtype). The per-item choices of the two are
 compared too. Runs alternate between the two (best of --repeats), so slow phases of a shared machine hit both.
@@ -26,6 +26,7 @@ import torch  # noqa: E402
 from qwen25.eval.harness import run_choice_task  # noqa: E402
 from qwen25.eval.metrics import argmax  # noqa: E402
 from qwen25.eval.tasks import Task, TaskSpec, build_task  # noqa: E402
+from qwen25.inference.engine import Engine  # noqa: E402
 from qwen25.loading import load_model, resolve_model  # noqa: E402
 from qwen25.tokenizer import load_tokenizer  # noqa: E402
 
@@ -55,7 +56,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=40, help="first N items of each task")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--batch-size", type=int, default=16, help="lm-eval's batch size (requests per forward)")
-    parser.add_argument("--batch-tokens", type=int, default=4096, help="qwen25's padded tokens per forward")
+    parser.add_argument("--batch-tokens", type=int, default=256, help="qwen25's continuation tokens per forward")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = parser.parse_args()
@@ -64,7 +65,7 @@ def main() -> None:
     from lm_eval.models.huggingface import HFLM
 
     directory = resolve_model(args.model)
-    ours = load_model(directory, dtype=args.dtype).eval()
+    ours = Engine(load_model(directory, dtype=args.dtype).eval())
     tokenizer = load_tokenizer(directory)
     hflm = HFLM(pretrained=directory, dtype=args.dtype, batch_size=args.batch_size, device="cpu")
     print(f"# bench_eval: {args.model} {args.dtype}, {args.items} items per task, torch {torch.__version__}, "

@@ -144,6 +144,7 @@ def test_decontaminate_command(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["data", "decontaminate", "--input", str(src), "--against", "humaneval", "--out", str(out)])
     assert exit_.value.code == 2 and "docs.jsonl:2" in capsys.readouterr().err
+    src.write_text('{"text": "fine"}\n')
     with pytest.raises(SystemExit):
         main(["data", "decontaminate", "--input", str(src), "--against", "passkey", "--out", str(out)])
     assert "synthetic" in capsys.readouterr().err

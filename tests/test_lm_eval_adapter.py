@@ -81,7 +81,7 @@ def test_generate_until_cuts_at_until(lm):
     (text,) = lm.generate_until([_request("generate_until", args)])
     assert "\n" not in text
     ids = lm.tok_encode(args[0])
-    out = lm.generate([ids], 12, [])[0]  # the same decoder with no stop string
+    out = lm.generate([ids], 12, [])[0][0]  # the same engine with no stop string
     assert out.startswith(text) and (text == out or out[len(text)] == "\n")
 
 
@@ -114,7 +114,7 @@ metric_list:
     from qwen25.eval.harness import run_choice_task
     from qwen25.eval.tasks import Task
 
-    results, _ = run_choice_task(lm.model, lm.tokenizer, Task("arc_easy", "choice", items, {}), 4096)
+    results, _ = run_choice_task(lm.engine, lm.tokenizer, Task("arc_easy", "choice", items, {}), 256)
     ours = {r.metric: r.value for r in results}
     assert scores["acc,none"] == pytest.approx(ours["acc"])
     assert scores["acc_norm,none"] == pytest.approx(ours["acc_norm"])

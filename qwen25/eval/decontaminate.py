@@ -146,6 +146,11 @@ def benchmark_texts(task_names: str) -> list[tuple[str, str, str]]:
     return out
 
 
+def _check_document(record, field: str, path, line_no: int) -> None:
+    if not isinstance(record, dict) or not isinstance(record.get(field), str):
+        raise ValueError(f"{path}:{line_no}: a document needs a string field {field!r}")
+
+
 def decontaminate_file(input_path: str | Path, against: str, out_path: str | Path, tokenizer: str = "qwen2.5",
                        field: str = "text", report_path: str | Path | None = None,
                        log: Callable[[str], None] | None = None, batch: int = 256, window: int = 0) -> dict:
@@ -155,6 +160,13 @@ def decontaminate_file(input_path: str | Path, against: str, out_path: str | Pat
     0 applies it to whole documents, where long documents meet it by chance against short test items."""
     from qwen25.tokenizer import load_tokenizer
 
+    if window and window < MIN_LCS:
+        raise ValueError(f"--window {window}: a training sequence needs at least {MIN_LCS} tokens to meet the rule "
+                         f"(0: whole documents)")
+    if not Path(input_path).is_file():
+        raise FileNotFoundError(f"{input_path}: no such file (--input)")
+    for line_no, record in iter_jsonl_lines(input_path):  # a bad line fails now, not after the index is built
+        _check_document(record, field, input_path, line_no)
     tok = load_tokenizer(tokenizer)
     tests = benchmark_texts(against)
     index = ContaminationIndex(tok.encode_batch([text for _, _, text in tests]))
@@ -185,8 +197,7 @@ def decontaminate_file(input_path: str | Path, against: str, out_path: str | Pat
             pending.clear()
 
         for line_no, record in iter_jsonl_lines(input_path):
-            if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                raise ValueError(f"{input_path}:{line_no}: a document needs a string field {field!r}")
+            _check_document(record, field, input_path, line_no)
             pending.append((line_no, record, json.dumps(record, ensure_ascii=False) + "\n"))
             docs += 1
             if len(pending) == batch:

@@ -1,13 +1,14 @@
 """`qwen25 eval run`: score a model on the registered tasks, offline, and write a table, JSON and per-item records.
 
-Multiple-choice items are scored by log-likelihood (`loglikelihood.score_requests`, contexts shared by their
-choices), encoded as lm-eval encodes them; three accuracies are kept per task:
+Multiple-choice items are scored by log-likelihood on the inference engine (`Engine.score` through
+`loglikelihood.score_requests`, each context prefilled once for its choices), encoded as lm-eval encodes them;
+three accuracies are kept per task:
   acc           argmax of the summed log-likelihood;
   acc_norm      lm-eval's: log-likelihood divided by the choice's length in characters, without the leading
                 space (the table reports acc and this one);
   acc_per_char  OLMES's: divided by the continuation's length, leading space included (JSON only).
-Generative items go through a `GenerateFn` (the inference engine plugs in there), math answers through
-`math_answers`, programs through a `CodeRunner` (the verify sandbox plugs in there).
+Generative items go through a `GenerateFn` (`engine_generate_fn`: the same engine, continuous batching), math
+answers through `qwen25.verify.math_answers`, programs through `code_checks` (`qwen25.verify`'s sandbox).
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ from pathlib import Path
 
 import torch
 
-from qwen25.eval.execution import CodeRunner, network_isolation, run_program
-from qwen25.eval.generation import GenerateFn, model_generate_fn
+from qwen25.eval.code_checks import CodeChecker, check_all, check_completion
+from qwen25.eval.generation import GenerateFn, engine_generate_fn
 from qwen25.eval.loglikelihood import Request, score_requests, truncate
 from qwen25.eval.longctx_tasks import string_match_all
-from qwen25.eval.math_answers import answers_match, extract_answer
 from qwen25.eval.metrics import argmax, mean_and_stderr, pass_at_k
 from qwen25.eval.tasks import ChoiceItem, GenItem, Task, TaskSpec, build_task, parse_task_list
+from qwen25.inference.engine import Engine
 from qwen25.io import atomic_path, atomic_write_text
+from qwen25.verify.math_answers import answers_equal, extract_answer
+from qwen25.verify.sandbox import detect_isolation
 
 
 @dataclass
@@ -41,8 +44,8 @@ class EvalSettings:
     out: str | None = None
     dtype: str | None = None
     tokenizer: str | None = None  # default: the model directory's
-    batch_tokens: int = 4096  # multiple choice: padded tokens per forward
-    batch_size: int = 8  # generation: prompts decoded together
+    batch_tokens: int = 256  # multiple choice: continuation tokens per forward
+    batch_size: int = 8  # generation: sequences the engine decodes together
     max_new_tokens: int | None = None  # override every generative task's budget
     samples: int = 1  # generations per problem (pass@k over them)
     temperature: float | None = None  # default: greedy with one sample, 0.8 with several
@@ -105,15 +108,15 @@ def prompt_ids(tokenizer, item: GenItem) -> list[int]:
 
 # ---- scoring ----------------------------------------------------------------------------------------------
 
-def run_choice_task(model: torch.nn.Module, tokenizer, task: Task, batch_tokens: int,
+def run_choice_task(engine: Engine, tokenizer, task: Task, batch_tokens: int,
                     log: Callable[[str], None] | None = None) -> tuple[list[TaskResult], list[dict]]:
     start = time.perf_counter()
-    requests, where = choice_requests(task.items, tokenizer, model.config.max_position_embeddings)
-    scores = score_requests(model, requests, max_tokens=batch_tokens)
+    requests, where = choice_requests(task.items, tokenizer, engine.model.config.max_position_embeddings)
+    scores = score_requests(engine, requests, max_tokens=batch_tokens, log=log)
     metrics: dict[str, list[float]] = {"acc": [], "acc_norm": [], "acc_per_char": []}
     records = []
     for item, slots in zip(task.items, where):
-        lls = [scores[r][j].logprob for r, j in slots]
+        lls = [scores[r][j].total for r, j in slots]
         preds = {"acc": argmax(lls),
                  "acc_norm": argmax([ll / max(1, len(c)) for ll, c in zip(lls, item.choices)]),
                  "acc_per_char": argmax([ll / max(1, len(c)) for ll, c in zip(lls, item.continuations)])}
@@ -130,43 +133,48 @@ def run_choice_task(model: torch.nn.Module, tokenizer, task: Task, batch_tokens:
             for name, values in metrics.items()], records
 
 
-def _program(task: Task, item: GenItem, completion: str) -> str:
-    ref = item.reference
-    if task.name == "humaneval":  # the completion continues the prompt (also in chat, through the response prefix)
-        return f"{ref['prompt']}{completion}\n\n{ref['test']}\n\ncheck({ref['entry_point']})\n"
-    return f"{completion}\n\n{ref['tests']}\n"
-
-
-def run_generate_task(task: Task, tokenizer, generate: GenerateFn, runner: CodeRunner, settings: EvalSettings,
-                      log: Callable[[str], None] | None = None) -> tuple[list[TaskResult], list[dict]]:
-    start = time.perf_counter()
+def sampling_temperature(settings: EvalSettings) -> float:
+    """--temperature, or its default: greedy with one sample, 0.8 with several (which greedy cannot give)."""
     samples = settings.samples
     temperature = settings.temperature if settings.temperature is not None else (0.8 if samples > 1 else 0.0)
     if samples > 1 and temperature <= 0:
         raise ValueError(f"--samples {samples} needs --temperature > 0 (greedy samples would all be the same)")
+    return temperature
+
+
+def run_generate_task(task: Task, tokenizer, generate: GenerateFn, settings: EvalSettings,
+                      checker: CodeChecker = check_completion,
+                      log: Callable[[str], None] | None = None) -> tuple[list[TaskResult], list[dict]]:
+    start = time.perf_counter()
+    samples = settings.samples
+    temperature = sampling_temperature(settings)
     budgets: dict[int, list[int]] = {}
     for i, item in enumerate(task.items):
         budget = settings.max_new_tokens or item.reference.get("max_new_tokens") or task.max_new_tokens
         budgets.setdefault(budget, []).append(i)
     outputs: list[list[str]] = [[] for _ in task.items]
     for budget, indices in budgets.items():
-        prompts = [prompt_ids(tokenizer, task.items[i]) for i in indices for _ in range(samples)]
-        texts = generate(prompts, budget, task.stop, temperature=temperature, seed=settings.seed)
-        for k, i in enumerate(indices):
-            outputs[i] = texts[k * samples:(k + 1) * samples]
+        prompts = [prompt_ids(tokenizer, task.items[i]) for i in indices]
+        texts = generate(prompts, budget, task.stop, temperature=temperature, seed=settings.seed, n=samples)
+        for i, sample_texts in zip(indices, texts):
+            outputs[i] = list(sample_texts)
+    verdicts = []
+    if task.scorer == "code":
+        flat = check_all(task.name, [(item.reference, t) for item, texts in zip(task.items, outputs) for t in texts],
+                         settings.timeout, checker)
+        verdicts = [flat[k * samples:(k + 1) * samples] for k in range(len(task.items))]
     values: list[float] = []
     records = []
-    for item, texts in zip(task.items, outputs):
+    for k, (item, texts) in enumerate(zip(task.items, outputs)):
         record = {"task": task.name, "id": item.id, "outputs": texts}
         if task.scorer == "math":
             extracted = [extract_answer(t) for t in texts]
-            correct = [answers_match(e, item.reference["answer"]) for e in extracted]
+            correct = [e is not None and answers_equal(e, item.reference["answer"])[0] for e in extracted]
             record.update(gold=item.reference["answer"], extracted=extracted, correct=correct)
             values.append(sum(correct) / len(correct))
         elif task.scorer == "code":
-            results = [runner(_program(task, item, t), settings.timeout) for t in texts]
-            record.update(status=[r.status for r in results], detail=[r.detail[-200:] for r in results])
-            values.append(pass_at_k(len(results), sum(r.passed for r in results), 1))
+            record.update(status=[v.status for v in verdicts[k]], detail=[v.reason[-200:] for v in verdicts[k]])
+            values.append(pass_at_k(len(verdicts[k]), sum(v.passed for v in verdicts[k]), 1))
         else:
             scores = [string_match_all(item.reference["answers"], t) for t in texts]
             record.update(answers=item.reference["answers"], scores=scores)
@@ -177,8 +185,7 @@ def run_generate_task(task: Task, tokenizer, generate: GenerateFn, runner: CodeR
     run_settings = {**task.settings, "samples": samples, "temperature": temperature, "stop": list(task.stop),
                     "max_new_tokens": settings.max_new_tokens or task.max_new_tokens}
     if task.scorer == "code":
-        isolated = "without network" if network_isolation() else "(network not isolated)"
-        run_settings["sandbox"] = f"subprocess {isolated}"
+        run_settings["sandbox"] = f"qwen25.verify, isolation {detect_isolation()}"
     if log:
         log(f"{task.name}: {len(task.items)} items in {seconds:.1f} s")
     return [TaskResult(task.name, metric, *mean_and_stderr(values), len(values), run_settings, seconds)], records
@@ -206,7 +213,7 @@ def load_eval_tokenizer(settings: EvalSettings):
 
 
 def stop_token_ids(model) -> list[int]:
-    from qwen25.generation import SamplingParams
+    from qwen25.inference.sampling import SamplingParams
 
     eos = {"eos_token_id": model.generation_config.get("eos_token_id")}
     return sorted(set(model.config.eos_token_ids) | set(SamplingParams.from_generation_config(eos).stop_token_ids))
@@ -214,28 +221,30 @@ def stop_token_ids(model) -> list[int]:
 
 def run_eval(settings: EvalSettings, log: Callable[[str], None] | None = None,
              generate: GenerateFn | None = None,
-             runner: CodeRunner = run_program) -> tuple[list[TaskResult], list[dict]]:
+             checker: CodeChecker = check_completion) -> tuple[list[TaskResult], list[dict]]:
     """Build every task (a bad name or data file fails before the model loads), load the model, score them."""
     from qwen25.loading import load_model
 
     names = parse_task_list(settings.tasks)
+    sampling_temperature(settings)
     tokenizer = load_eval_tokenizer(settings)
     chat = is_instruct(tokenizer) if settings.chat is None else settings.chat
     tasks = [build_task(TaskSpec(name, variant, settings.shots, chat, settings.limit, settings.seed), tokenizer)
              for name, variant in names]
     model = load_model(settings.model, dtype=settings.dtype).eval()
     torch.manual_seed(settings.seed)
-    if generate is None and any(t.kind == "generate" for t in tasks):
-        generate = model_generate_fn(model, tokenizer, stop_token_ids(model), settings.batch_size, log)
+    engine = Engine(model, tokenizer, max_batch=settings.batch_size)
+    if generate is None:
+        generate = engine_generate_fn(engine, stop_token_ids(model), log)
     results: list[TaskResult] = []
     records: list[dict] = []
     for task in tasks:
         if log:
             log(f"{task.name}: {len(task.items)} items, {task.settings}")
         if task.kind == "choice":
-            r, rec = run_choice_task(model, tokenizer, task, settings.batch_tokens, log)
+            r, rec = run_choice_task(engine, tokenizer, task, settings.batch_tokens, log)
         else:
-            r, rec = run_generate_task(task, tokenizer, generate, runner, settings, log)
+            r, rec = run_generate_task(task, tokenizer, generate, settings, checker, log)
         results += r
         records += rec
     if settings.out:

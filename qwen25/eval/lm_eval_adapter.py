@@ -5,9 +5,9 @@
 
 or from the shell: `python -m qwen25.eval.lm_eval_adapter --model qwen25 --model_args pretrained=DIR --tasks ...`
 (lm-eval's own command line with this model type registered). The three request types map onto the harness:
-`loglikelihood` onto the shared-prefix scorer (lm-eval's encoding and truncation, via `TemplateLM`),
-`loglikelihood_rolling` onto lm-eval's own rolling windows scored the same way, and `generate_until` onto a
-`GenerateFn` (the plain batched decoder today; the inference engine when it lands).
+`loglikelihood` onto the engine's `score` (lm-eval's encoding and truncation, via `TemplateLM`; a context
+shared by several requests is prefilled once), `loglikelihood_rolling` onto lm-eval's own rolling windows
+scored the same way, and `generate_until` onto the engine's batched generation (`engine_generate_fn`).
 """
 
 from __future__ import annotations
@@ -17,16 +17,17 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 
-from qwen25.eval.generation import GenerateFn, model_generate_fn
+from qwen25.eval.generation import GenerateFn, engine_generate_fn
 from qwen25.eval.harness import EvalSettings, load_eval_tokenizer, stop_token_ids
 from qwen25.eval.loglikelihood import Request, score_requests, truncate
+from qwen25.inference.engine import Engine
 from qwen25.tokenizer.core import chat_template as qwen_chat_template
 
 
 @register_model("qwen25")
 class Qwen25LM(TemplateLM):
     def __init__(self, pretrained: str, dtype: str | None = None, tokenizer: str | None = None,
-                 batch_tokens: int = 4096, generation_batch_size: int = 8, max_gen_toks: int = 256,
+                 batch_tokens: int = 256, generation_batch_size: int = 8, max_gen_toks: int = 256,
                  generate_fn: GenerateFn | None = None, **_: object) -> None:
         """`pretrained`: a model directory, fetched model name or preset; lm-eval's batch_size/device options are
         accepted and ignored (batches are sized in tokens, the model runs where it was loaded)."""
@@ -39,8 +40,8 @@ class Qwen25LM(TemplateLM):
         self.name = str(pretrained)
         self.batch_tokens = int(batch_tokens)
         self.max_gen_toks = int(max_gen_toks)
-        self.generate = generate_fn or model_generate_fn(self.model, self.tokenizer, stop_token_ids(self.model),
-                                                         int(generation_batch_size))
+        self.engine = Engine(self.model, self.tokenizer, max_batch=int(generation_batch_size))
+        self.generate = generate_fn or engine_generate_fn(self.engine, stop_token_ids(self.model))
 
     # ---- what TemplateLM needs ------------------------------------------------------------------------------
 
@@ -80,8 +81,8 @@ class Qwen25LM(TemplateLM):
             conts.append(tuple(cont_ids))
         keys = list(groups)
         position = {k: n for n, k in enumerate(keys)}
-        scores = score_requests(self.model, [Request(k, tuple(groups[k])) for k in keys], max_tokens=self.batch_tokens)
-        return [(scores[position[k]][j].logprob, scores[position[k]][j].greedy) for k, j in slots]
+        scores = score_requests(self.engine, [Request(k, tuple(groups[k])) for k in keys], max_tokens=self.batch_tokens)
+        return [(scores[position[k]][j].total, scores[position[k]][j].greedy) for k, j in slots]
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Sum of log-likelihoods of each whole string over lm-eval's disjoint rolling windows."""
@@ -111,8 +112,8 @@ class Qwen25LM(TemplateLM):
             temperature = float(kwargs.get("temperature") or 0.0) if kwargs.get("do_sample") else 0.0
             keep = max(1, self.max_length - max_new)
             prompts = [self.tok_encode(requests[n].args[0])[-keep:] for n in indices]
-            for n, text in zip(indices, self.generate(prompts, max_new, until, temperature=temperature)):
-                out[n] = text
+            for n, texts in zip(indices, self.generate(prompts, max_new, until, temperature=temperature)):
+                out[n] = texts[0]
         return out
 
 
