@@ -379,8 +379,8 @@ def _add_evaluation_verbs(evals, data) -> None:
     p.add_argument("--tokenizer", default="qwen2.5", help="'qwen2.5' or a tokenizer directory")
     p.add_argument("--field", default="text", help="the documents' text field")
     p.add_argument("--report", help="report JSON (default: OUT with .report.json)")
-    p.add_argument("--window", type=nonnegative_int, default=0, help="apply the rule to training sequences of this many tokens "
-                   "cut from each document every WINDOW/2 tokens (default 0: whole documents)")
+    p.add_argument("--window", type=nonnegative_int, default=0, help="apply the rule to training sequences of this "
+                   "many tokens cut from each document every WINDOW/2 tokens (default 0: whole documents)")
     p.set_defaults(func=cmd_data_decontaminate)
 
 

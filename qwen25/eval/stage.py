@@ -1,6 +1,6 @@
 """`make run`'s evaluation stage: the tiny model after each training stage on a few standard benchmarks
-(the first items of each, 0-shot), next to the held-out math score each stage already measured; a markdown
-section and a bar plot for the run's report. Small on purpose: a 2-core CPU does it in about a minute.
+(the first items of each, each task's default shots), next to the held-out math score each stage already
+measured; a markdown section and a bar plot for the run's report. Small on purpose (minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def evaluate_stages(models: dict[str, Path], out_dir: Path, tasks: str = STAGE_T
     prompts for every stage after pretraining. Each stage's JSON and per-item records go to out_dir."""
     rows = []
     for n, (stage, directory) in enumerate(models.items()):
-        settings = EvalSettings(model=str(directory), tasks=tasks, limit=limit, shots=0, chat=n > 0,
+        settings = EvalSettings(model=str(directory), tasks=tasks, limit=limit, chat=n > 0,
                                 out=str(Path(out_dir) / f"{stage}.json"), dtype="float32",
                                 max_new_tokens=STAGE_MAX_NEW_TOKENS, timeout=5.0)
         results, _ = run_eval(settings, log=log)
@@ -70,9 +70,9 @@ def stages_section(rows: list[dict], heldout: dict[str, float], heldout_n: int, 
                                                           for t in tasks]
     lines = ["## Evaluation", "",
              f"Scores after each stage: the held-out math problems and the first {rows[0]['n'] if rows else 0} "
-             "items of standard benchmarks (0-shot; chat prompts after pretraining; `qwen25.eval`). A model this "
-             "small is expected near chance on the standard sets; they show the harness runs end to end on every "
-             f"stage's model. {minutes:.1f} min.", "",
+             "items of standard benchmarks (each task's default shots; chat prompts after pretraining; "
+             "`qwen25.eval`). A model this small is expected near chance on the standard sets; they show the "
+             f"harness runs end to end on every stage's model. {minutes:.1f} min.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for stage in stages:
         cells = [f"{100 * heldout[stage]:.1f}" if stage in heldout else "-"]
