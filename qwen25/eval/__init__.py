@@ -1,5 +1,6 @@
-"""Evaluation (report §5): benchmark tasks read offline from pinned packages, log-likelihood scoring with
-shared prefixes, generation and code-execution interfaces, the `qwen25 eval run` harness, an lm-eval adapter,
+"""Evaluation (report §5): benchmark tasks read offline from pinned packages, scored on the inference engine
+(log-likelihoods with each context prefilled once, batched generation), answers and programs checked by
+`qwen25.verify`, the `qwen25 eval run` harness, `make run`'s evaluation stage, an lm-eval adapter,
 decontamination by the report's LCS rule, and the passkey / RULER-style long-context tasks.
 
     from qwen25.eval.harness import EvalSettings, run_eval, markdown_table
