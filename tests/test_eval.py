@@ -328,3 +328,25 @@ def test_pipeline_evaluation_stage(model_dir, tmp_path):
     section = stages_section(rows, {"pretrained": 0.1, "sft": 0.25}, 40, "stages.png", 0.5)
     assert "| stage | held-out math (n=40) | arc_easy acc_norm (n=2) | gsm8k exact_match (n=2) |" in section
     assert "| sft | 25.0 |" in section and "![scores after each stage](stages.png)" in section
+
+
+def test_code_pass_at_k_over_samples():
+    """--samples 5: each problem's 5 programs run in the sandbox; pass@1 and pass@5 by the unbiased estimator."""
+    settings = EvalSettings(model="unused", tasks="", samples=5, temperature=0.8)
+    task = build_task(TaskSpec("humaneval", chat=False, limit=2))
+    problems = {p["task_id"]: p for p in data.human_eval_problems()}
+
+    def fake_generate(prompts, max_new_tokens, stop_strings, temperature=0.0, seed=None, n=1):
+        assert n == 5 and temperature == 0.8
+        good = [problems[item.id]["canonical_solution"] for item in task.items]
+        return [[good[0], "x = (", good[0], "x = (", "x = ("], ["x = ("] * 5]
+
+    class Tok:
+        def encode(self, text):
+            return [len(text)]
+
+    results, records = run_generate_task(task, Tok(), fake_generate, settings)
+    by_metric = {r.metric: r for r in results}
+    assert by_metric["pass@1"].value == pytest.approx((2 / 5 + 0) / 2)
+    assert by_metric["pass@5"].value == pytest.approx((1 + 0) / 2)
+    assert set(by_metric) == {"pass@1", "pass@5"} and records[0]["status"].count("pass") == 2

@@ -34,6 +34,9 @@ from qwen25.verify.math_answers import answers_equal, extract_answer
 from qwen25.verify.sandbox import detect_isolation
 
 
+PASS_AT_K = (1, 5, 10, 100)  # code tasks report each k up to --samples
+
+
 @dataclass
 class EvalSettings:
     model: str
@@ -164,6 +167,8 @@ def run_generate_task(task: Task, tokenizer, generate: GenerateFn, settings: Eva
                          settings.timeout, checker)
         verdicts = [flat[k * samples:(k + 1) * samples] for k in range(len(task.items))]
     values: list[float] = []
+    ks = [k for k in PASS_AT_K if k <= samples]
+    pass_at: dict[int, list[float]] = {k: [] for k in ks}  # code: pass@k per problem, unbiased over the samples
     records = []
     for k, (item, texts) in enumerate(zip(task.items, outputs)):
         record = {"task": task.name, "id": item.id, "outputs": texts}
@@ -174,12 +179,15 @@ def run_generate_task(task: Task, tokenizer, generate: GenerateFn, settings: Eva
             values.append(sum(correct) / len(correct))
         elif task.scorer == "code":
             record.update(status=[v.status for v in verdicts[k]], detail=[v.reason[-200:] for v in verdicts[k]])
-            values.append(pass_at_k(len(verdicts[k]), sum(v.passed for v in verdicts[k]), 1))
+            for kk in ks:
+                pass_at[kk].append(pass_at_k(samples, sum(v.passed for v in verdicts[k]), kk))
         else:
             scores = [string_match_all(item.reference["answers"], t) for t in texts]
             record.update(answers=item.reference["answers"], scores=scores)
             values.append(sum(scores) / len(scores))
         records.append(record)
+    if task.scorer == "code":
+        values = pass_at[1]
     seconds = time.perf_counter() - start
     metric = {"math": "exact_match", "code": "pass@1", "string_match": "string_match_all"}[task.scorer]
     run_settings = {**task.settings, "samples": samples, "temperature": temperature, "stop": list(task.stop),
@@ -188,7 +196,11 @@ def run_generate_task(task: Task, tokenizer, generate: GenerateFn, settings: Eva
         run_settings["sandbox"] = f"qwen25.verify, isolation {detect_isolation()}"
     if log:
         log(f"{task.name}: {len(task.items)} items in {seconds:.1f} s")
-    return [TaskResult(task.name, metric, *mean_and_stderr(values), len(values), run_settings, seconds)], records
+    results = [TaskResult(task.name, metric, *mean_and_stderr(values), len(values), run_settings, seconds)]
+    if task.scorer == "code":
+        results += [TaskResult(task.name, f"pass@{k}", *mean_and_stderr(v), len(v), run_settings, seconds)
+                    for k, v in pass_at.items() if k > 1]
+    return results, records
 
 
 # ---- the run ----------------------------------------------------------------------------------------------
@@ -268,7 +280,7 @@ def write_results(settings: EvalSettings, results: list[TaskResult], records: li
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-TABLE_METRICS = ("acc", "acc_norm", "exact_match", "pass@1", "string_match_all")
+TABLE_METRICS = ("acc", "acc_norm", "exact_match", *(f"pass@{k}" for k in PASS_AT_K), "string_match_all")
 
 
 def markdown_table(results: Sequence[TaskResult]) -> str:
