@@ -6,9 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test bench clean
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e .
 	$(BIN)/qwen25 data fetch
 	touch $(STAMP)
@@ -24,6 +25,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_tokenizer.py
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_moe.py
+	$(BIN)/python bench/bench_eval.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

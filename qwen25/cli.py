@@ -151,7 +151,7 @@ def _configure_long_context(model, args: argparse.Namespace) -> None:
 
 def cmd_eval_longctx(args: argparse.Namespace) -> None:
     from qwen25.generation import SamplingParams
-    from qwen25.longctx.evaluate import accuracy_table, evaluate
+    from qwen25.eval.longctx import accuracy_table, evaluate
     from qwen25.loading import load_model
     from qwen25.tokenizer import load_tokenizer
 
@@ -447,6 +447,63 @@ def _add_scaling_verbs(sub) -> None:
     p.add_argument("--moe-total", type=positive_float, help="a MoE's total parameters (same measure as --params)")
     p.set_defaults(func=cmd_scaling_predict)
 
+# ---- benchmark evaluation and decontamination (qwen25.eval) ----------------------------------------
+
+def cmd_eval_run(args: argparse.Namespace) -> None:
+    from qwen25.eval.harness import EvalSettings, items_path, markdown_table, run_eval
+
+    settings = EvalSettings(**{k: getattr(args, k) for k in EvalSettings.__dataclass_fields__})
+    results, _ = run_eval(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(markdown_table(results))
+    if args.out:
+        print(f"wrote {args.out} and {items_path(args.out)}")
+
+
+def cmd_data_decontaminate(args: argparse.Namespace) -> None:
+    from qwen25.eval.decontaminate import decontaminate_file
+
+    report = decontaminate_file(args.input, args.against, args.out, tokenizer=args.tokenizer, field=args.field,
+                                report_path=args.report, window=args.window,
+                                log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(f"kept {report['documents_kept']}/{report['documents']} documents "
+          f"({report['documents_per_second']:.1f} documents/s); report in {report['report']}")
+
+
+def _add_evaluation_verbs(evals, data) -> None:
+    p = evals.add_parser("run", help="benchmarks offline (ARC, HellaSwag, MMLU, GSM8K, MATH-500, HumanEval, MBPP, "
+                         "passkey, RULER): markdown table, JSON and per-item records")
+    p.add_argument("--model", required=True, help="HF model directory, fetched model name or preset")
+    p.add_argument("--tasks", required=True, help="comma separated, each NAME or NAME:VARIANT: arc_easy, "
+                   "arc_challenge, hellaswag, mmlu, gsm8k, math500, humaneval, mbpp, passkey, ruler")
+    p.add_argument("--limit", type=positive_int, help="first N items of each task")
+    p.add_argument("--shots", type=nonnegative_int, help="few-shot examples (default: each task's own)")
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="chat prompts for generative tasks (default: when the tokenizer is an instruct one)")
+    p.add_argument("--out", help="results JSON; per-item records go beside it as NAME.items.jsonl")
+    p.add_argument("--tokenizer", help="tokenizer directory or 'qwen2.5' (default: the model directory's)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.add_argument("--batch-tokens", type=positive_int, default=256,
+                   help="multiple choice: continuation tokens per forward")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="generation: sequences decoded together")
+    p.add_argument("--max-new-tokens", type=positive_int, help="override every generative task's token budget")
+    p.add_argument("--samples", type=positive_int, default=1, help="generations per problem (pass@k, mean accuracy)")
+    p.add_argument("--temperature", type=float_in(0.0), help="default: greedy with one sample, 0.8 with several")
+    p.add_argument("--timeout", type=positive_float, default=10.0, help="CPU seconds per program (code tasks)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_eval_run)
+
+    p = data.add_parser("decontaminate", help="drop documents whose token LCS with a test item is >= 13 and "
+                        ">= 0.6 of the shorter (the report's rule)")
+    p.add_argument("--input", required=True, help="JSONL documents")
+    p.add_argument("--against", required=True, help="comma separated task names (as `eval run --tasks`)")
+    p.add_argument("--out", required=True, help="JSONL of the kept documents")
+    p.add_argument("--tokenizer", default="qwen2.5", help="'qwen2.5' or a tokenizer directory")
+    p.add_argument("--field", default="text", help="the documents' text field")
+    p.add_argument("--report", help="report JSON (default: OUT with .report.json)")
+    p.add_argument("--window", type=nonnegative_int, default=0, help="apply the rule to training sequences of this "
+                   "many tokens cut from each document every WINDOW/2 tokens (default 0: whole documents)")
+    p.set_defaults(func=cmd_data_decontaminate)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="qwen25", description=__doc__)
@@ -572,6 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="print every answer to stderr")
     _long_context_arguments(p)
     p.set_defaults(func=cmd_eval_longctx)
+    _add_evaluation_verbs(evals, data)
 
     p = sub.add_parser("longctx", help="long-context experiments")
     experiments = p.add_subparsers(dest="experiment", required=True)

@@ -2,7 +2,8 @@
 
 pretraining (corpus -> tokenizer -> shards -> two stages with ABF) -> SFT (offline conversations, two phases)
 -> DPO with the Online Merging Optimizer (pairs from the verifiers pipeline) -> a reward model -> GRPO with rule
-rewards -> `runs/tiny/report.md` with a section per stage.
+rewards -> evaluation (each stage's model on sampled standard benchmarks) -> `runs/tiny/report.md` with a section
+per stage.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 from qwen25.data.generators import ModelGenerator
+from qwen25.eval.stage import evaluate_stages, plot_stages, stages_section
 from qwen25.generation import SamplingParams, generate
 from qwen25.io import atomic_write_text, read_jsonl
 from qwen25.model import from_pretrained
@@ -83,6 +85,13 @@ def run_all(pretrain_recipe: str = "recipes/tiny.toml", sft_recipe: str = "recip
                            for p, b, a in zip(SAMPLE_PROMPTS, before_samples, after_samples)],
                           (time.perf_counter() - t1) / 60)
     section += run_alignment(run_dir, final, data_dir, tok, dpo, rm, grpo, {"math": problems}, log)
+    t2 = time.perf_counter()
+    stages = {"pretrained": Path(sft.model.path), "sft": final, "dpo": dpo.directory / "hf",
+              "grpo": grpo.directory / "hf"}
+    rows = evaluate_stages(stages, run_dir / "eval", log=log)
+    heldout = {"pretrained": before, "sft": after}
+    plot_stages(rows, heldout, run_dir / "eval_stages.png")
+    section += "\n" + stages_section(rows, heldout, len(problems), "eval_stages.png", (time.perf_counter() - t2) / 60)
     text = report.read_text()
     text = text.replace("\n## Settings", "\n" + section + "\n## Settings", 1) if "\n## Settings" in text else text + section
     text += f"\nWhole pipeline: {(time.perf_counter() - t0) / 60:.1f} min.\n"

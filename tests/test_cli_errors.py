@@ -140,6 +140,7 @@ def files(tmp_path_factory):
     (root / "grpo.toml").write_text(GRPO_OK.format(run=root / "grpo", model=model, queries=root / "noqueries.jsonl"))
     (root / "scaling.toml").write_text(SCALING_OK.format(run=root / "scalingrun"))
     (root / "badrecord.jsonl").write_text('{"id": "x", "model": "m"}\n')
+    (root / "docs.jsonl").write_text('{"text": "a document"}\n')
     return root
 
 
@@ -328,6 +329,29 @@ CASES = [
     (["scaling", "predict", "--fit", "@text.txt", "--params", "1e6", "--tokens", "1e9"], "text.txt"),
     (["scaling", "predict", "--fit", "@text.txt", "--params", "-1", "--tokens", "1e9"], "--params"),
     (["scaling", "predict", "--fit", "@text.txt", "--params", "1e6"], "--tokens"),
+    # evaluation and decontamination
+    (["eval", "run", "--model", "@model", "--tasks", "arc_easy,bogus"], "unknown task 'bogus'"),
+    (["eval", "run", "--model", "@bare", "--tasks", "arc_easy"], "no tokenizer.json"),
+    (["eval", "run", "--model", "@missing", "--tasks", "arc_easy"], "missing"),
+    (["eval", "run", "--model", "@model", "--tasks", "arc_easy", "--limit", "0"], "--limit"),
+    (["eval", "run", "--model", "@model", "--tasks", "arc_easy", "--shots", "-1"], "--shots"),
+    (["eval", "run", "--model", "@model", "--tasks", "humaneval", "--samples", "0"], "--samples"),
+    (["eval", "run", "--model", "@model", "--tasks", "humaneval", "--temperature", "-0.5"], "--temperature"),
+    (["eval", "run", "--model", "@model", "--tasks", "humaneval", "--timeout", "0"], "--timeout"),
+    (["eval", "run", "--model", "@model", "--tasks", "arc_easy", "--batch-tokens", "x"], "--batch-tokens"),
+    (["eval", "run", "--model", "@model", "--tasks", "humaneval", "--limit", "1", "--samples", "3",
+      "--temperature", "0"], "--temperature"),
+    (["eval", "run", "--model", "@model"], "--tasks"),
+    (["data", "decontaminate", "--input", "@nodocs.jsonl", "--against", "gsm8k", "--out", "@clean.jsonl"],
+     "nodocs.jsonl"),
+    (["data", "decontaminate", "--input", "@queries.jsonl", "--against", "gsm8k", "--out", "@clean.jsonl",
+      "--window", "8"], "--window"),
+    (["data", "decontaminate", "--input", "@docs.jsonl", "--against", "nosuchtask", "--out", "@clean.jsonl"],
+     "nosuchtask"),
+    (["data", "decontaminate", "--input", "@docs.jsonl", "--against", "passkey", "--out", "@clean.jsonl"],
+     "passkey"),
+    (["data", "decontaminate", "--input", "@queries.jsonl", "--against", "humaneval", "--out", "@clean.jsonl"],
+     "queries.jsonl:1"),
     # generic
     (["nosuchverb"], "nosuchverb"),
 ]

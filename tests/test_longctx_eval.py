@@ -10,8 +10,8 @@ import torch
 
 from qwen25.cli import main
 from qwen25.longctx import extrapolation
-from qwen25.longctx.evaluate import Result, accuracy_table, greedy
-from qwen25.longctx.tasks import FILLER, TASKS, WORDS, Sample, make_sample, passkey, score
+from qwen25.eval.longctx import Result, accuracy_table, greedy
+from qwen25.eval.longctx_tasks import FILLER, TASKS, WORDS, Sample, make_sample, passkey, score
 from qwen25.model import ModelConfig, build_model
 from qwen25.tokenizer.train import train_bbpe
 

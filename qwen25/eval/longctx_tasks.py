@@ -33,10 +33,14 @@ class Sample:
     max_new_tokens: int
 
 
-def score(sample: Sample, output: str) -> float:
-    """Share of the expected answers that appear in `output` (RULER's string_match_all)."""
+def string_match_all(answers: tuple[str, ...] | list[str], output: str) -> float:
+    """Share of the expected answers that appear in `output`, case-insensitive (RULER's string_match_all)."""
     text = output.lower()
-    return sum(answer.lower() in text for answer in sample.answers) / len(sample.answers)
+    return sum(answer.lower() in text for answer in answers) / len(answers)
+
+
+def score(sample: Sample, output: str) -> float:
+    return string_match_all(sample.answers, output)
 
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "

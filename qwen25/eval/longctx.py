@@ -14,7 +14,7 @@ import torch
 
 from qwen25.inference.engine import Engine
 from qwen25.inference.sampling import SamplingParams
-from qwen25.longctx.tasks import Tokenizer, make_sample, score
+from qwen25.eval.longctx_tasks import Tokenizer, make_sample, score
 
 
 def greedy(model: torch.nn.Module, ids: Sequence[int], max_new_tokens: int, prefill_chunk: int | None = None,
