@@ -4,8 +4,8 @@ target mixture of training bytes.
 `TopicCounter` counts training bytes per topic in every task; `Rebalance` (a later stage) turns all tasks'
 counts and the target into a sampling rate per topic and keeps each training document `floor(rate)` times plus
 once more with probability `rate - floor(rate)`, decided by its content hash (deterministic, and the same in
-every executor). Topics the target does not name keep rate 1. The total stays at the input size
-unless `max_upsample` caps an up-sampled topic. Held-out documents pass through untouched.
+every executor). A target share is of all the input's training bytes; topics the target does not name keep rate
+1, so the total moves by what the named topics gain or lose. Held-out documents pass through untouched.
 """
 
 from __future__ import annotations
@@ -34,21 +34,19 @@ class MixtureConfig:
             raise ValueError(f"mixture.target: unknown topics {unknown}; known: {list(TOPICS)}")
         if any(not (v >= 0 and math.isfinite(v)) for v in self.target.values()):
             raise ValueError(f"mixture.target: shares must be >= 0, got {self.target}")
-        if self.target and not sum(self.target.values()) > 0:
-            raise ValueError("mixture.target: some topic needs a positive share")
+        if sum(self.target.values()) > 1:
+            raise ValueError(f"mixture.target: shares of the training bytes must sum to at most 1, got "
+                             f"{sum(self.target.values()):g}")
         if self.max_upsample < 1:
             raise ValueError(f"mixture.max_upsample must be >= 1, got {self.max_upsample}")
 
 
 def sampling_rates(bytes_by_topic: dict[str, int], cfg: MixtureConfig) -> dict[str, float]:
-    """Per-topic rates that move the named topics to their target shares of what they hold together."""
-    named = {t: n for t, n in bytes_by_topic.items() if t in cfg.target and n > 0}
-    budget = sum(named.values())
-    total_share = sum(cfg.target[t] for t in named) or 1.0
-    rates = {t: 1.0 for t in bytes_by_topic}
-    for topic, n in named.items():
-        rates[topic] = min(cfg.max_upsample, cfg.target[topic] / total_share * budget / n)
-    return rates
+    """Per-topic rates that bring each named topic to its target share of the input's training bytes (capped
+    at `max_upsample`); other topics keep theirs."""
+    total = sum(bytes_by_topic.values())
+    return {t: min(cfg.max_upsample, cfg.target[t] * total / n) if t in cfg.target and n > 0 else 1.0
+            for t, n in bytes_by_topic.items()}
 
 
 def copies(rate: float, text: str) -> int:

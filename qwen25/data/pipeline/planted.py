@@ -4,7 +4,7 @@
 
 Kinds: templated machine text (listings, bulletins, logs filled from templates), boilerplate (navigation,
 cookie banners, footers), symbol soup (hex and base64 dumps), exact duplicates, near-duplicates with small
-edits, and benchmark items (a small hand-made test set, `BENCHMARK_ITEMS`, alone or inside a real document).
+edits, and benchmark items (a small hand-made test set, `BENCHMARK_ITEMS`, alone or between halves of two real documents).
 Everything is a function of the seed.
 """
 
@@ -151,9 +151,11 @@ def planted_documents(real: Sequence[dict], counts: dict[str, int], seed: int) -
                 record.update(text=_symbols(rng), domain="code")
             elif kind == "benchmark":
                 item = BENCHMARK_ITEMS[i % len(BENCHMARK_ITEMS)]
-                host = rng.choice(real)
-                text = item if i % 2 == 0 else f"{host['text']}\n\n{item}\n"  # alone, or inside a real document
-                record.update(text=text, domain=host["domain"], planted_item=i % len(BENCHMARK_ITEMS))
+                a, b = rng.choice(real), rng.choice(real)
+                # alone, or between halves of two real documents (not a near-copy of either)
+                text = item if i % 2 == 0 else f"{a['text'][:len(a['text']) // 2]}\n\n{item}\n\n" \
+                                               f"{b['text'][len(b['text']) // 2:]}"
+                record.update(text=text, domain=a["domain"], planted_item=i % len(BENCHMARK_ITEMS))
             else:
                 original = rng.choice(real)
                 text = original["text"] if kind == "exact_duplicate" else _near_copy(original["text"], rng)

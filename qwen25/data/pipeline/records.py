@@ -31,8 +31,11 @@ def to_document(record: dict, where: str = "record") -> Document:
     return Document(text=text, id=doc_id, metadata=metadata)
 
 
+BOOKKEEPING = ("file_path",)  # what datatrove's readers add; it names the reading run's files, not the document
+
+
 def to_record(doc: Document) -> dict:
-    return {"text": doc.text, "id": doc.id, **doc.metadata}
+    return {"text": doc.text, "id": doc.id, **{k: v for k, v in doc.metadata.items() if k not in BOOKKEEPING}}
 
 
 def jsonl_adapter(_writer, doc: Document) -> dict:

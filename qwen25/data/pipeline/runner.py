@@ -35,6 +35,7 @@ from datatrove.pipeline.dedup.minhash import (MinhashDedupBuckets, MinhashDedupC
                                               MinhashDedupSignature)
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
+from datatrove.utils.logging import setup_default_logger
 
 from qwen25.data.pipeline.decontaminate import ContaminationRule, Decontaminate
 from qwen25.data.pipeline.dedup import WordSplitter, exact_config, minhash_config
@@ -259,27 +260,33 @@ def _executor(recipe: DataRecipe, stage: Stage, logs: Path, previous):
         return SlurmPipelineExecutor(stage.pipeline, tasks=stage.tasks, logging_dir=str(logs / stage.name),
                                      job_name=f"qwen25-data-{stage.name}", depends=previous,
                                      **recipe.executor.slurm)
+    import ray
     from datatrove.executor import RayPipelineExecutor
 
+    if not ray.is_initialized():  # RAY_ADDRESS joins a cluster; without it, a local Ray with `workers` CPUs
+        ray.init(num_cpus=None if os.environ.get("RAY_ADDRESS") else recipe.executor.workers,
+                 include_dashboard=False, log_to_driver=False)
     return RayPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=min(recipe.executor.workers, stage.tasks),
                                logging_dir=str(logs / stage.name), depends=previous, **recipe.executor.ray)
 
 
 @contextlib.contextmanager
 def _stderr_to(path: Path) -> Iterator[None]:
-    """datatrove logs every task to stderr (and to its own log files); send that to `path`, for this process and
-    the workers it starts."""
+    """datatrove logs every task to stderr (and to its own log files); send that to `path`: file descriptor 2 for
+    the workers this process starts, `sys.stderr` for the loggers datatrove adds here, then its default back."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stderr.flush()
     saved = os.dup(2)
     with path.open("a") as log:
         os.dup2(log.fileno(), 2)
         try:
-            yield
+            with contextlib.redirect_stderr(log):
+                yield
         finally:
-            sys.stderr.flush()
+            log.flush()
             os.dup2(saved, 2)
             os.close(saved)
+            setup_default_logger()
 
 
 def _settings(recipe: DataRecipe, files: list[tuple[Path, str]], decontamination: Decontamination | None) -> dict:
