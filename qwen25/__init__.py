@@ -13,7 +13,10 @@ _EXPORTS = {
     "ModelConfig": "qwen25.model", "Qwen2ForCausalLM": "qwen25.model", "build_model": "qwen25.model",
     "count_parameters": "qwen25.model", "get_preset": "qwen25.model",
     "from_pretrained": "qwen25.loading", "load_model": "qwen25.loading",
-    "SamplingParams": "qwen25.generation", "generate": "qwen25.generation", "stream": "qwen25.generation",
+    "generate": "qwen25.generation", "stream": "qwen25.generation", "SamplingParams": "qwen25.inference.sampling",
+    "Completion": "qwen25.inference.engine", "ContinuationScore": "qwen25.inference.engine",
+    "Delta": "qwen25.inference.engine", "Engine": "qwen25.inference.engine", "QueueFull": "qwen25.inference.engine",
+    "RequestOutput": "qwen25.inference.engine",
     "load_tokenizer": "qwen25.tokenizer",
 }
 __all__ = sorted(_EXPORTS)

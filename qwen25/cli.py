@@ -29,58 +29,20 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(describe_model(args.model))
 
 
-def _parse_ids(text: str) -> list[int] | None:
-    parts = text.replace(",", " ").split()
-    if parts and all(p.isdigit() for p in parts):
-        return [int(p) for p in parts]
-    return None
-
-
 def cmd_generate(args: argparse.Namespace) -> None:
-    from pathlib import Path
+    from qwen25.inference.commands import generate_command
 
-    from qwen25.generation import SamplingParams, stream
-    from qwen25.loading import load_model, resolve_model
-    from qwen25.tokenizer import load_tokenizer
+    generate_command(model=args.model, prompt=args.prompt, prompt_ids=args.prompt_ids, tokenizer=args.tokenizer, chat=args.chat,
+                     print_ids=args.ids, dtype=args.dtype, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                     do_sample=True if args.sample else (False if args.greedy else None),
+                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                     repetition_penalty=args.repetition_penalty)
 
-    model_ref = resolve_model(args.model)
-    model = load_model(model_ref, dtype=args.dtype).eval()
-    tok = None
-    if args.tokenizer:
-        tok = load_tokenizer(args.tokenizer)
-    elif (Path(model_ref) / "tokenizer.json").is_file():
-        tok = load_tokenizer(model_ref)
-    prompt = _parse_ids(args.prompt) if not args.chat else None
-    if prompt is None:
-        if tok is None:
-            raise SystemExit("error: a text prompt needs a tokenizer: the model directory has no tokenizer.json; "
-                             "pass --tokenizer DIR (or 'qwen2.5'), or give token ids")
-        if args.chat:
-            prompt, _ = tok.encode_chat([{"role": "user", "content": args.prompt}], add_generation_prompt=True)
-        else:
-            prompt = tok.encode_ordinary(args.prompt)
-    if any(not 0 <= t < model.config.vocab_size for t in prompt):
-        raise SystemExit(f"error: --prompt has ids outside the vocabulary of {model.config.vocab_size}")
-    params = SamplingParams.from_generation_config(
-        model.generation_config, max_new_tokens=args.max_new_tokens, seed=args.seed,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        do_sample=True if args.sample else (False if args.greedy else None),
-    )
-    if tok is None or args.ids:
-        for token in stream(model, prompt, params):
-            print(token, end=" ", flush=True)
-        print()
-        return
-    generated: list[int] = []
-    shown = ""
-    for token in stream(model, prompt, params):
-        generated.append(token)
-        text = tok.decode(generated)
-        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            print(text[len(shown):], end="", flush=True)
-            shown = text
-    print()
+
+def cmd_kernels(args: argparse.Namespace) -> None:
+    from qwen25.inference.commands import kernels_command
+
+    kernels_command(model=args.model, dtype=args.dtype, remeasure=args.remeasure)
 
 
 def cmd_tokenizer_build_qwen(args: argparse.Namespace) -> None:
@@ -435,21 +397,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate from a preset (random weights) or a checkpoint directory")
     p.add_argument("--model", required=True, help="preset name, HF model directory or fetched model name")
-    p.add_argument("--prompt", required=True, help="text (needs a tokenizer) or token ids, space separated")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="the prompt as text (needs a tokenizer)")
+    src.add_argument("--prompt-ids", metavar="IDS", help="the prompt as token ids, e.g. '9707 1879 11'")
     p.add_argument("--tokenizer", help="tokenizer directory or 'qwen2.5' (default: the model directory's)")
-    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn in the chat template")
+    p.add_argument("--chat", action="store_true", help="wrap the --prompt text as a user turn in the chat template")
     p.add_argument("--ids", action="store_true", help="print token ids instead of text")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--greedy", action="store_true", help="greedy decoding (overrides generation_config)")
     mode.add_argument("--sample", action="store_true", help="sampling (overrides generation_config)")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--repetition-penalty", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--temperature", type=float_in(0.0, None))
+    p.add_argument("--top-k", type=nonnegative_int, help="0 = no top-k")
+    p.add_argument("--top-p", type=unit_interval)
+    p.add_argument("--min-p", type=unit_interval)
+    p.add_argument("--repetition-penalty", type=positive_float)
+    p.add_argument("--seed", type=nonnegative_int)
     p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("kernels", help="decode matmul kernels chosen for a model on this machine (measured once)")
+    p.add_argument("--model", required=True, help="preset name, HF model directory or fetched model name")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.add_argument("--remeasure", action="store_true", help="measure again (on a quiet machine) and cache it")
+    p.set_defaults(func=cmd_kernels)
 
     tok = sub.add_parser("tokenizer", help="build, train and use tokenizers").add_subparsers(dest="action", required=True)
     p = tok.add_parser("build-qwen", help="build the official Qwen2.5 tokenizer offline from qwen.tiktoken")

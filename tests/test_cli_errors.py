@@ -189,8 +189,16 @@ CASES = [
     (["models", "list", "--all"], "--all"),
     # generate
     (["generate", "--model", "@missing", "--prompt", "hi"], "missing"),
-    (["generate", "--model", "@model", "--prompt", "1 999999", "--max-new-tokens", "2"], "outside the vocabulary"),
+    (["generate", "--model", "@model", "--prompt-ids", "1 999999", "--max-new-tokens", "2"], "outside the vocabulary"),
     (["generate", "--model", "@model", "--prompt", "hi", "--max-new-tokens", "x"], "--max-new-tokens"),
+    (["generate", "--model", "@model", "--prompt-ids", "1 two 3"], "--prompt-ids"),
+    (["generate", "--model", "@model", "--prompt", "hi", "--prompt-ids", "1"], "--prompt-ids"),
+    (["generate", "--model", "@model", "--chat", "--prompt-ids", "1 2"], "--chat"),
+    (["generate", "--model", "@model", "--prompt", "hi", "--top-p", "1.5"], "--top-p"),
+    (["generate", "--model", "@model", "--prompt", "hi", "--temperature", "-1"], "--temperature"),
+    (["generate", "--model", "@model", "--prompt", "hi", "--top-k", "-2"], "--top-k"),
+    (["kernels", "--model", "@missing"], "missing"),
+    (["kernels", "--model", "@model", "--dtype", "int8"], "--dtype"),
     # generic
     (["nosuchverb"], "nosuchverb"),
 ]
