@@ -437,7 +437,7 @@ def classifiers(work: Path, labels_path: str, model_dir: str) -> dict:
 
 # ---- ablation: tiny pretraining on raw vs filtered at equal tokens --------------------------------------------
 
-ABLATION_OVERRIDES = ["stages.0.tokens=1200000", "stages.1.tokens=300000", "train.eval_every=1000"]
+ABLATION_OVERRIDES = ["stages.0.tokens=600000", "stages.1.tokens=150000", "train.eval_every=1000"]
 
 
 def heldout_loss(model_dir: Path, tok_dir: Path, heldout: Path, seq_len: int = 256) -> dict:
@@ -472,7 +472,9 @@ def heldout_loss(model_dir: Path, tok_dir: Path, heldout: Path, seq_len: int = 2
             "tokens": total_tokens, "by_domain": out}
 
 
-def ablation(work: Path) -> dict:
+def ablation(work: Path, only: str = "") -> dict:
+    """Both runs, or `only` one of them (two processes can run them side by side; the second to finish writes
+    ablation.json)."""
     from qwen25.tokenizer.train import train_bbpe
 
     tok_dir = work / "ablation" / "tokenizer"
@@ -492,6 +494,8 @@ def ablation(work: Path) -> dict:
     shutil.copy(work / "corpus" / "heldout.jsonl", clean / "heldout.jsonl")
     result = {"machine": machine(), "overrides": ABLATION_OVERRIDES}
     for name, train in (("raw", work / "planted" / "train.jsonl"), ("filtered", work / "filtered" / "train.jsonl")):
+        if only and name != only:
+            continue
         corpus = work / "ablation" / f"{name}-corpus"
         corpus.mkdir(parents=True, exist_ok=True)
         shutil.copy(train, corpus / "train.jsonl")
@@ -508,7 +512,12 @@ def ablation(work: Path) -> dict:
         result[name] = {"train_docs": train_docs, "seconds": time.perf_counter() - t0,
                         "heldout": heldout_loss(run_dir / "hf", tok_dir, clean / "heldout.jsonl")}
         print(name, json.dumps(result[name]))
-    (work / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
+        (work / f"ablation-{name}.json").write_text(json.dumps({"machine": result["machine"], **result[name]},
+                                                               indent=2) + "\n")
+    parts = {name: work / f"ablation-{name}.json" for name in ("raw", "filtered")}
+    if all(p.is_file() for p in parts.values()):
+        result.update({name: json.loads(p.read_text()) for name, p in parts.items()})
+        (work / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -519,6 +528,7 @@ def main() -> None:
     p.add_argument("--labels", default="data/labels/tiny-qwen2.5-coder-0.5b-instruct.jsonl")
     p.add_argument("--model", default="runs/bench-data/ablation/run-filtered/hf",
                    help="small qwen25 model for the score-head comparison")
+    p.add_argument("--only", choices=["raw", "filtered"], help="ablation: this run alone")
     p.add_argument("--window", type=float, default=2.0,
                    help="removal: apply the report's LCS rule to training windows of this many test-item lengths "
                         "(0: whole documents)")
@@ -536,7 +546,7 @@ def main() -> None:
     elif args.what == "classifiers":
         classifiers(work, args.labels, args.model)
     else:
-        ablation(work)
+        ablation(work, args.only or "")
 
 
 if __name__ == "__main__":

@@ -49,9 +49,9 @@ class DataRecipe:
                 section.check()
         except ValueError as e:
             raise RecipeError(f"{self.source}: {e}") from None
-        for path in self.extra_inputs:
-            if not Path(path).is_file():
-                raise RecipeError(f"{self.source}: extra_inputs: {path} is not a file")
+        for key, path in [*(("extra_inputs", p) for p in self.extra_inputs), ("quality.labels", self.quality.labels)]:
+            if path and not Path(path).is_file():
+                raise RecipeError(f"{self.source}: {key}: {path} is not a file")
 
     def to_dict(self) -> dict:
         return recipe_io.to_dict(self)
