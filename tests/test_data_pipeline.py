@@ -25,12 +25,12 @@ from qwen25.data.pipeline.dedup import WordSplitter
 from qwen25.data.pipeline.heuristics import HeuristicsConfig, failed_check, measures
 from qwen25.data.pipeline.mixture import MixtureConfig, copies, sampling_rates
 from qwen25.data.pipeline.planted import KINDS, mix, planted_documents
-from qwen25.data.pipeline.quality import QualityConfig, agreement
+from qwen25.data.pipeline.quality import DistillStudent, QualityConfig, agreement
 from qwen25.data.pipeline.recipe import data_recipe_from_dict, load_data_recipe
 from qwen25.data.pipeline.records import content_hash, is_heldout, to_document
 from qwen25.data.pipeline.report import data_section
 from qwen25.data.pipeline.runner import Decontamination, run_data_pipeline
-from qwen25.data.pipeline.teacher import DIMENSIONS, TOPICS, Teacher, label_documents, read_labels
+from qwen25.data.pipeline.teacher import DIMENSIONS, TEXT_HEAD_CHARS, TOPICS, Teacher, label_documents, read_labels
 from qwen25.training.recipe import RecipeError
 from tests.data_pipeline_helpers import StallOnce, benchmark_sequences, rule_label, shares_8gram, word_ids
 
@@ -183,6 +183,29 @@ def test_student_learns_the_teacher_and_round_trips(tmp_path):
     (tmp_path / "s.npz.json").write_text(json.dumps({"features": {}, "dimensions": ["x"], "topics": list(TOPICS)}))
     with pytest.raises(ValueError, match="classifier made for dimensions"):
         Student.load(tmp_path / "s.npz")
+
+
+def test_the_student_learns_from_labelled_texts_the_corpus_lacks(tmp_path):
+    """Labels carry their text's beginning: documents absent from the corpus being filtered still train the student;
+    a label without one is joined with the corpus by content hash."""
+    texts = _rule_corpus(60)
+    labels = tmp_path / "labels.jsonl"
+    rows = [{**rule_label(t), "text_head": t[:TEXT_HEAD_CHARS]} for t in texts[:48]]
+    rows += [rule_label(t) for t in texts[48:]]  # no text: only the two of these in the corpus count
+    labels.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    corpus = tmp_path / "input"
+    corpus.mkdir()
+    (corpus / "00000.jsonl").write_text("".join(json.dumps({"text": t, "id": f"d{i}"}) + "\n"
+                                                for i, t in enumerate(texts[48:50])))
+    cfg = QualityConfig(labels=str(labels), min_score=3.0, min_labels=10, epochs=40)
+    list(DistillStudent(str(corpus), str(tmp_path / "student"), cfg).run(None, 0, 1))
+    report = json.loads((tmp_path / "student" / "agreement.json").read_text())
+    assert report["train_docs"] + report["heldout"]["docs"] == 50
+    assert report["heldout"]["topic_agreement"] == 1.0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({**rule_label(texts[0]), "text_head": 7}) + "\n")
+    with pytest.raises(ValueError, match="bad.jsonl:1: field 'text_head'"):
+        read_labels(bad)
 
 
 # ---- mixture, decontamination, synthetic data -----------------------------------------------------------------

@@ -79,7 +79,8 @@ def agreement(student: list, teacher: list[dict], cfg: QualityConfig) -> dict:
 
 
 class DistillStudent(PipelineStep):
-    """One task: join the teacher's labels with the corpus by content hash, fit the student on three quarters,
+    """One task: the teacher's labelled texts (from the labels file, else from the corpus by content hash), fit the
+    student on three quarters,
     measure agreement on the rest, save the student and `agreement.json` in `output_folder`."""
 
     name = "qwen25 distil quality/topic student"
@@ -93,17 +94,20 @@ class DistillStudent(PipelineStep):
         if world_size != 1:
             raise ValueError(f"{self.name}: runs as one task, got world_size {world_size}")
         labels = read_labels(self.cfg.labels)
-        texts: dict[str, str] = {}
-        reader = JsonlReader(self.corpus_folder, adapter=jsonl_reader_adapter, compression=None, glob_pattern="*.jsonl")
-        for doc in reader.run(None, 0, 1):
-            digest = content_hash(doc.text)
-            if digest in labels:
-                texts.setdefault(digest, doc.text)
+        # labels carry their text's beginning; older ones without it are joined with this corpus by content hash
+        texts = {h: lab["text_head"] for h, lab in labels.items() if "text_head" in lab}
+        if len(texts) < len(labels):
+            reader = JsonlReader(self.corpus_folder, adapter=jsonl_reader_adapter, compression=None,
+                                 glob_pattern="*.jsonl")
+            for doc in reader.run(None, 0, 1):
+                digest = content_hash(doc.text)
+                if digest in labels:
+                    texts.setdefault(digest, doc.text)
         found = sorted(texts)
         if len(found) < self.cfg.min_labels:
-            raise ValueError(f"{self.cfg.labels}: only {len(found)} of its {len(labels)} labelled documents are in "
-                             f"this corpus (quality.min_labels is {self.cfg.min_labels}); label this corpus with "
-                             "`qwen25 data label`")
+            raise ValueError(f"{self.cfg.labels}: only {len(found)} of its {len(labels)} labels have a text (in the "
+                             f"file or in this corpus; quality.min_labels is {self.cfg.min_labels}); label this "
+                             "corpus with `qwen25 data label`")
         held = [h for h in found if is_agreement_holdout(h, self.cfg.heldout_quarters)]
         train = [h for h in found if not is_agreement_holdout(h, self.cfg.heldout_quarters)]
         t0 = time.perf_counter()

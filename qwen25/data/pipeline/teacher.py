@@ -8,8 +8,10 @@ nothing per document. The reply is teacher-forced: after `Quality: ` the model's
 and so on, ending with the first token of a topic word. A document costs one forward of its own tokens plus a few
 one-token steps; no free-running text is parsed, and every answer is on the scale the prompt asks for.
 
-`label_documents` rates a sample and appends one JSON line per document (keyed by content hash, fsynced per batch,
-so a killed run resumes where it stopped); the cheap classifiers are distilled from that file.
+`label_documents` rates a sample and appends one JSON line per document (keyed by content hash, with the text's
+first `TEXT_HEAD_CHARS` characters, more than the teacher and the student read; fsynced per batch, so a killed
+run resumes where it stopped). The cheap classifiers are distilled from that file alone, so they learn from every
+labelled document, also those (such as planted junk) that the corpus being filtered lacks.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from qwen25.model.kv_cache import KVCache
 from qwen25.tokenizer import QwenTokenizer, load_tokenizer
 
 DIMENSIONS = ("quality", "educational", "clean")
+TEXT_HEAD_CHARS = 2000  # of each document, kept with its label: the student learns from it (it reads 1,500)
 TOPICS = ("software", "science", "academic", "news", "shopping", "social", "fiction", "other")
 SCALE = ("1", "2", "3", "4", "5")
 
@@ -136,13 +139,8 @@ class Teacher:
         return self._prefix_cache
 
     def _batch_cache(self, batch: int, capacity: int) -> KVCache:
-        shared = self._shared_cache()
-        cache = KVCache.for_model(self.model, batch, capacity)
-        n = shared.length
-        for layer in range(len(cache.keys)):
-            cache.keys[layer][:, :, :n] = shared.keys[layer][:, :, :n]
-            cache.values[layer][:, :, :n] = shared.values[layer][:, :, :n]
-        cache.length = n
+        cache = KVCache.for_model(self.model, 0, capacity, rows=batch)
+        cache.append_rows(self._shared_cache(), row=0, copies=batch)  # every row starts with the shared prefix
         return cache
 
     @torch.inference_mode()
@@ -213,6 +211,8 @@ def read_labels(path: str | Path) -> dict[str, dict]:
                 set(obj.get("scores", {})) != set(DIMENSIONS) or set(obj.get("topic_probs", {})) != set(TOPICS):
             raise ValueError(f"{path}:{line_no}: not a teacher label (needs sha256, scores for {list(DIMENSIONS)}, "
                              f"topic_probs for {list(TOPICS)})")
+        if not isinstance(obj.get("text_head", ""), str):
+            raise ValueError(f"{path}:{line_no}: field 'text_head' must be a string")
         labels[obj["sha256"]] = obj
     return labels
 
@@ -245,6 +245,7 @@ def label_documents(teacher: Teacher, docs: Sequence[dict], out: str | Path, mod
             seconds = (time.perf_counter() - t_batch) / len(batch)
             for doc, rating in zip(batch, ratings):
                 record = {"sha256": doc["sha256"], "source": doc.get("source", ""),
+                          "text_head": doc["text"][:TEXT_HEAD_CHARS],
                           "scores": {k: round(v, 4) for k, v in rating.scores.items()},
                           "topic_probs": {k: round(v, 4) for k, v in rating.topic_probs.items()},
                           "seconds": round(seconds, 3)}
