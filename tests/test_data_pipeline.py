@@ -29,7 +29,7 @@ from qwen25.data.pipeline.quality import DistillStudent, QualityConfig, agreemen
 from qwen25.data.pipeline.recipe import data_recipe_from_dict, load_data_recipe
 from qwen25.data.pipeline.records import content_hash, is_heldout, to_document
 from qwen25.data.pipeline.report import data_section
-from qwen25.data.pipeline.runner import Decontamination, run_data_pipeline
+from qwen25.data.pipeline.runner import Decontamination, _settings, run_data_pipeline
 from qwen25.data.pipeline.teacher import DIMENSIONS, TEXT_HEAD_CHARS, TOPICS, Teacher, label_documents, read_labels
 from qwen25.training.recipe import RecipeError
 from tests.data_pipeline_helpers import StallOnce, benchmark_sequences, rule_label, shares_8gram, word_ids
@@ -456,6 +456,14 @@ def test_changed_settings_start_over(small_corpus, full_run, tmp_path):
     second = run_data_pipeline(data_recipe_from_dict(raw), corpus, out, log=messages.append)
     assert any("settings differ" in m and "starting over" in m for m in messages)
     assert [s["step"] for s in second["steps"]] == ["heuristics"]
+    # new labels in the same file are new settings too
+    relabelled = tmp_path / "labels.jsonl"
+    relabelled.write_bytes(labels.read_bytes())
+    recipe = data_recipe_from_dict(_recipe(relabelled))
+    files = [(corpus / "train.jsonl", "train"), (corpus / "heldout.jsonl", "heldout")]
+    before = _settings(recipe, files, None)
+    relabelled.write_text(relabelled.read_text().splitlines()[0] + "\n")
+    assert _settings(recipe, files, None) != before
 
 
 def test_slurm_executor_submits_the_chain_and_its_pickles_run(small_corpus, tmp_path):

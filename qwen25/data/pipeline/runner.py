@@ -297,7 +297,8 @@ def _settings(recipe: DataRecipe, files: list[tuple[Path, str]], decontamination
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
         digests[str(path)] = {"split": split, "sha256": h.hexdigest()}
-    return {"recipe": recipe.to_dict(), "inputs": digests,
+    labels = sha256_file(Path(recipe.quality.labels)) if recipe.quality.labels else None  # relabelled: start over
+    return {"recipe": recipe.to_dict(), "inputs": digests, "labels_sha256": labels,
             "decontamination": decontamination.identity() if decontamination else None}
 
 
