@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from qwen25.data.corpus import CorpusSpec, build_corpus, read_jsonl  # noqa: E402
 from qwen25.data.pipeline.planted import BENCHMARK_ITEMS, KINDS, mix, planted_documents  # noqa: E402
 from qwen25.data.pipeline.records import content_hash  # noqa: E402
+from qwen25.io import atomic_write_text  # noqa: E402
 from qwen25.data.pipeline.runner import REMOVAL_STEPS, Decontamination  # noqa: E402
 
 PLANTED = {"templated": 300, "boilerplate": 200, "symbols": 100, "exact_duplicate": 300, "near_duplicate": 300,
@@ -55,7 +56,7 @@ def machine() -> str:
 
 def write_jsonl(path: Path, records) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 # ---- plant ----------------------------------------------------------------------------------------------------
@@ -319,7 +320,7 @@ def removal(work: Path, labels: str, window: float) -> dict:
               f"{r['target_reaching']} | {r['recall'] if r['recall'] is None else round(r['recall'], 3)} |")
     print(json.dumps(overall))
     name = "removal.json" if window else "removal-whole-documents.json"
-    (work / name).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(work / name, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     return result
 
 
@@ -431,7 +432,7 @@ def classifiers(work: Path, labels_path: str, model_dir: str) -> dict:
         print(f"{name}: keep {r['keep_agreement']:.3f} (chance {r['keep_chance']:.3f}), topic {r['topic_agreement']:.3f}"
               f" (chance {r['topic_chance']:.3f}), r {r['score_pearson']:.3f}, {1e3 * r['seconds_per_doc']:.2f} ms/doc,"
               f" {speed:,.0f}x the teacher")
-    (work / "classifiers.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(work / "classifiers.json", json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -512,12 +513,12 @@ def ablation(work: Path, only: str = "") -> dict:
         result[name] = {"train_docs": train_docs, "seconds": time.perf_counter() - t0,
                         "heldout": heldout_loss(run_dir / "hf", tok_dir, clean / "heldout.jsonl")}
         print(name, json.dumps(result[name]))
-        (work / f"ablation-{name}.json").write_text(json.dumps({"machine": result["machine"], **result[name]},
-                                                               indent=2) + "\n")
+        atomic_write_text(work / f"ablation-{name}.json",
+                          json.dumps({"machine": result["machine"], **result[name]}, indent=2) + "\n")
     parts = {name: work / f"ablation-{name}.json" for name in ("raw", "filtered")}
     if all(p.is_file() for p in parts.values()):
         result.update({name: json.loads(p.read_text()) for name, p in parts.items()})
-        (work / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(work / "ablation.json", json.dumps(result, indent=2) + "\n")
     return result
 
 
