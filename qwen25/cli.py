@@ -504,6 +504,66 @@ def _add_evaluation_verbs(evals, data) -> None:
                    "many tokens cut from each document every WINDOW/2 tokens (default 0: whole documents)")
     p.set_defaults(func=cmd_data_decontaminate)
 
+# ---- pretraining data quality: the datatrove pipeline, teacher labels, verified synthetic data ---------------
+
+def cmd_data_pipeline(args: argparse.Namespace) -> None:
+    from qwen25.data.pipeline.recipe import load_data_recipe
+    from qwen25.data.pipeline.runner import run_data_pipeline
+
+    run_data_pipeline(load_data_recipe(args.recipe, args.set), args.corpus, args.out)
+
+
+def cmd_data_label(args: argparse.Namespace) -> None:
+    from qwen25.data.pipeline.teacher import label_corpus
+
+    labels = label_corpus(args.model, args.input, args.out, args.per_source, args.max_doc_tokens, args.batch_size)
+    print(f"{len(labels)} labelled documents in {args.out}")
+
+
+def cmd_data_synthesize(args: argparse.Namespace) -> None:
+    from qwen25.data.generators import ModelGenerator
+    from qwen25.data.pipeline.synthetic import synthesize
+    from qwen25.loading import resolve_model
+
+    generator = ModelGenerator.load(resolve_model(args.model), args.tokenizer, args.dtype,
+                                    max_new_tokens=args.max_new_tokens)
+    stats = synthesize(generator, args.out, {"math": args.math, "code": args.code}, args.k, args.seed)
+    for family, s in stats.items():
+        print(f"{family}: {s['verified']} of {s['samples']} samples verified, {s['kept']} kept")
+    print(f"records: {args.out}/synthetic.jsonl")
+
+
+def _add_quality_verbs(data) -> None:
+    p = data.add_parser("pipeline", help="filter, deduplicate, score and rebalance a corpus (datatrove stages); "
+                        "rerun the same command to resume")
+    p.add_argument("--recipe", default="recipes/data-tiny.toml", help="data recipe (TOML)")
+    p.add_argument("--corpus", required=True, help="directory with train.jsonl and heldout.jsonl records")
+    p.add_argument("--out", required=True, help="output directory (train.jsonl, heldout.jsonl, summary.json)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set executor.tasks=8")
+    p.set_defaults(func=cmd_data_pipeline)
+    p = data.add_parser("label", help="rate a per-source sample of records with an instruct model (teacher labels "
+                        "for the quality/topic student); resumable")
+    p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="model directory or fetched model name")
+    p.add_argument("--input", required=True, help="JSONL records (e.g. runs/tiny/data/corpus/train.jsonl)")
+    p.add_argument("--out", required=True, help="labels JSONL to append to")
+    p.add_argument("--per-source", type=positive_int, default=40, help="documents rated per source")
+    p.add_argument("--max-doc-tokens", type=positive_int, default=192, help="the rater reads this many tokens of each")
+    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.set_defaults(func=cmd_data_label)
+    p = data.add_parser("synthesize", help="math and code written by a model, kept only when verified (records "
+                        "for a data recipe's extra_inputs); resumable")
+    p.add_argument("--model", required=True, help="model directory or fetched model name")
+    p.add_argument("--tokenizer", help="tokenizer directory or 'qwen2.5' (default: the model directory's)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--math", type=nonnegative_int, default=16, help="math queries")
+    p.add_argument("--code", type=nonnegative_int, default=16, help="code queries")
+    p.add_argument("--k", type=positive_int, default=1, help="responses per query")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=positive_int, default=384)
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.set_defaults(func=cmd_data_synthesize)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="qwen25", description=__doc__)
@@ -613,6 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_data_fetch)
     _add_curation_verbs(data)
+    _add_quality_verbs(data)
 
 
     p = sub.add_parser("eval", help="evaluations")

@@ -125,6 +125,7 @@ def files(tmp_path_factory):
     (root / "sft_nomodel.toml").write_text(SFT_OK.format(run=root / "sftrun", model=root / "missing",
                                                          data=root / "sft.jsonl"))
     (root / "queries.jsonl").write_text("not json\n")
+    (root / "records.jsonl").write_text(json.dumps({"text": "A short document.", "source": "s"}) + "\n")
     good = {"prompt": "What is 1 + 1?", "chosen": "2", "rejected": "3"}
     for name, bad in (("nofield", {"prompt": "What is 2 + 2?", "chosen": "4"}),
                       ("same", {**good, "rejected": "2"}), ("emptyc", {**good, "chosen": ""})):
@@ -271,6 +272,24 @@ CASES = [
     (["data", "autoif", "--model", "@missing", "--out", "@q.jsonl"], "missing"),
     (["data", "autoif", "--model", "@model", "--out", "@q.jsonl", "--k", "0"], "--k"),
     (["models", "list", "--all"], "--all"),
+    # data: the pretraining data pipeline, teacher labels, verified synthetic data
+    (["data", "pipeline", "--corpus", "@empty", "--out", "@dq"], "train.jsonl"),
+    (["data", "pipeline", "--recipe", "@nofile.toml", "--corpus", "@empty", "--out", "@dq"], "nofile.toml"),
+    (["data", "pipeline", "--recipe", "@bad.toml", "--corpus", "@empty", "--out", "@dq"], "not valid TOML"),
+    (["data", "pipeline", "--corpus", "@empty", "--out", "@dq", "--set", "dedup.buckets=0"], "dedup.buckets"),
+    (["data", "pipeline", "--corpus", "@empty", "--out", "@dq", "--set", "dedup.bands=4"], "bands"),
+    (["data", "pipeline", "--corpus", "@empty", "--out", "@dq", "--set", "mixture.target={news=0.9,science=0.5}"],
+     "mixture.target"),
+    (["data", "pipeline", "--corpus", "@empty", "--out", "@dq", "--set", "executor.kind=spark"], "executor.kind"),
+    (["data", "pipeline", "--corpus", "@empty", "--out", "@dq", "--set", "quality.labels=@nolabels.jsonl"],
+     "nolabels.jsonl"),
+    (["data", "label", "--input", "@nofile.jsonl", "--out", "@labels.jsonl", "--model", "@model"], "nofile.jsonl"),
+    (["data", "label", "--input", "@queries.jsonl", "--out", "@labels.jsonl", "--model", "@model"], "queries.jsonl:1"),
+    (["data", "label", "--input", "@records.jsonl", "--out", "@labels.jsonl", "--model", "@missing"], "missing"),
+    (["data", "label", "--input", "@queries.jsonl", "--out", "@labels.jsonl", "--per-source", "0"], "--per-source"),
+    (["data", "synthesize", "--model", "@missing", "--out", "@syn"], "missing"),
+    (["data", "synthesize", "--model", "@model", "--out", "@syn", "--k", "0"], "--k"),
+    (["data", "synthesize", "--model", "@model", "--out", "@syn", "--math", "-1"], "--math"),
     # generate
     (["generate", "--model", "@missing", "--prompt", "hi"], "missing"),
     (["generate", "--model", "@model", "--prompt-ids", "1 999999", "--max-new-tokens", "2"], "outside the vocabulary"),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from qwen25.data.corpus import CorpusSpec, build_corpus, read_jsonl
+from qwen25.data.corpus import CorpusSpec, build_corpus, is_heldout, read_jsonl
 from qwen25.data.loader import PackedLoader
 from qwen25.data.shards import ShardSet
 from qwen25.data.synthetic_math import math_documents
@@ -120,8 +120,10 @@ def test_corpus_domains_split_and_licenses(tmp_path):
     train = list(read_jsonl(tmp_path / "a" / "train.jsonl"))
     heldout = list(read_jsonl(tmp_path / "a" / "heldout.jsonl"))
     assert {d["domain"] for d in train} == {"code", "en", "zh", "math"}
-    assert all(set(d) == {"text", "source", "domain"} for d in train + heldout)
+    assert all(set(d) == {"text", "id", "source", "domain", "license"} for d in train + heldout)
+    assert len({d["id"] for d in train + heldout}) == len(train) + len(heldout)
     assert heldout and not {d["text"] for d in train} & {d["text"] for d in heldout}
+    assert all(is_heldout(d["text"], 200) for d in heldout) and not any(is_heldout(d["text"], 200) for d in train)
     assert all(s["license"] for s in manifest["sources"])
     build_corpus(spec, tmp_path / "b", log=lambda *_: None)
     assert (tmp_path / "a" / "train.jsonl").read_bytes() == (tmp_path / "b" / "train.jsonl").read_bytes()

@@ -1,5 +1,5 @@
-"""Assemble the mixed offline pretraining corpus: JSONL documents `{"text", "source", "domain"}`, a held-out
-split by document, and a manifest with each source's license and size.
+"""Assemble the mixed offline pretraining corpus: JSONL records `{"text", "id", "source", "domain", "license"}`, a
+held-out split keyed on each document's content hash, and a manifest with each source's license and size.
 
 Domains: `code` (Python standard library and installed packages), `en` (English prose and documentation),
 `zh` (Chinese news and reviews), `math` (synthetic problems with verified answers). Sources are read in a
@@ -13,6 +13,7 @@ import hashlib
 import importlib.metadata
 import json
 import sysconfig
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -96,9 +97,15 @@ class CorpusSpec:
     seed: int = 0
 
 
-def is_heldout(source: str, index: int, per_mille: int) -> bool:
-    digest = hashlib.sha256(f"{source}:{index}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") % 1000 < per_mille
+def content_hash(text: str) -> str:
+    """sha256 of the NFC-normalised text: the key of the held-out split, exact deduplication and teacher labels."""
+    return hashlib.sha256(unicodedata.normalize("NFC", text).encode("utf-8")).hexdigest()
+
+
+def is_heldout(text: str, per_mille: int) -> bool:
+    """Held out when the content hash falls below `per_mille` of 1000: a document's split does not depend on which
+    other documents or sources exist, and copies of one text always land on the same side."""
+    return int(content_hash(text)[:8], 16) % 1000 < per_mille
 
 
 def build_corpus(spec: CorpusSpec, out_dir: str | Path, log: Callable[[str], None] = print) -> dict:
@@ -117,7 +124,6 @@ def build_corpus(spec: CorpusSpec, out_dir: str | Path, log: Callable[[str], Non
             readers = [(src, src.read()) for src in by_domain[domain]]
             stats = {src.name: {"docs": 0, "bytes": 0, "heldout_docs": 0} for src, _ in readers}
             total = 0
-            index = 0
             # round-robin over the domain's sources so a small budget still mixes them
             while total < budget and readers:
                 for src, it in list(readers):
@@ -127,8 +133,10 @@ def build_corpus(spec: CorpusSpec, out_dir: str | Path, log: Callable[[str], Non
                         continue
                     if not doc.strip():
                         continue
-                    heldout = is_heldout(src.name, index, spec.heldout_per_mille)
-                    line = json.dumps({"text": doc, "source": src.name, "domain": domain}, ensure_ascii=False)
+                    heldout = is_heldout(doc, spec.heldout_per_mille)
+                    record = {"text": doc, "id": f"{src.name}/{stats[src.name]['docs']}", "source": src.name,
+                              "domain": domain, "license": src.license}
+                    line = json.dumps(record, ensure_ascii=False)
                     (held_f if heldout else train_f).write(line + "\n")
                     n = len(doc.encode("utf-8"))
                     st = stats[src.name]
@@ -136,7 +144,6 @@ def build_corpus(spec: CorpusSpec, out_dir: str | Path, log: Callable[[str], Non
                     st["bytes"] += n
                     st["heldout_docs"] += heldout
                     total += n
-                    index += 1
                     if total >= budget:
                         break
             for src in by_domain[domain]:

@@ -13,9 +13,12 @@ import time
 from pathlib import Path
 
 from qwen25.data.corpus import CorpusSpec, build_corpus, read_jsonl
-from qwen25.data.shards import ShardSet, build_shards
+from qwen25.data.pipeline.recipe import load_data_recipe
+from qwen25.data.pipeline.report import data_section
+from qwen25.data.pipeline.runner import run_data_pipeline
+from qwen25.data.shards import ShardSet, build_shards, tokenizer_hash
 from qwen25.generation import SamplingParams, generate
-from qwen25.io import atomic_write_text
+from qwen25.io import atomic_write_text, sha256_file
 from qwen25.model import build_model, from_pretrained
 from qwen25.pretraining.recipe import Recipe, check_world
 from qwen25.pretraining.report import write_report
@@ -49,7 +52,11 @@ def prepare_corpus(recipe: Recipe, log) -> Path:
         log(f"corpus: reusing {out}")
     else:
         build_corpus(spec, out, log=log)
-    return out
+    if not recipe.data.pipeline:
+        return out
+    filtered = recipe.directory / "data" / "filtered"  # resumes, or starts over when recipe or corpus changed
+    run_data_pipeline(load_data_recipe(recipe.data.pipeline), out, filtered, log=log)
+    return filtered
 
 
 def prepare_tokenizer(recipe: Recipe, corpus: Path, log) -> QwenTokenizer:
@@ -96,11 +103,13 @@ def prepare_shards(recipe: Recipe, corpus: Path, tok: QwenTokenizer, log) -> tup
     dirs = []
     for split in ("train", "heldout"):
         target = out / split
-        if (target / "manifest.json").is_file():
+        made_from = {"corpus_sha256": sha256_file(corpus / f"{split}.jsonl"), "tokenizer_sha256": tokenizer_hash(tok)}
+        if (target / "manifest.json").is_file() and _same_settings(target / "made_from.json", made_from):
             log(f"shards: reusing {target}")  # checked in full (sizes, hashes, tokenizer) before training
         else:
             t = time.perf_counter()
             manifest = build_shards(corpus / f"{split}.jsonl", tok.path, target, workers=recipe.data.workers)
+            atomic_write_text(target / "made_from.json", json.dumps(made_from, indent=2) + "\n")
             counts = ", ".join(f"{d} {v['tokens']:,}" for d, v in manifest["domains"].items())
             log(f"shards: {split} tokenized in {time.perf_counter() - t:.0f}s ({counts} tokens)")
         dirs.append(target)
@@ -173,8 +182,11 @@ def run_pipeline(recipe: Recipe, resume: bool = False, fresh: bool = False) -> P
                 pass
         timings["total"] = time.perf_counter() - t_start
         manifest = corpus / "manifest.json"
-        report = write_report(recipe, trainer, metrics, sample_rows, compression, timings,
-                              json.loads(manifest.read_text()) if manifest.is_file() else {"sources": []})
+        corpus_manifest = json.loads(manifest.read_text()) if manifest.is_file() else {"sources": []}
+        report = write_report(recipe, trainer, metrics, sample_rows, compression, timings, corpus_manifest)
+        if "pipeline" in corpus_manifest:  # the data section goes before the corpus table
+            text = report.read_text()
+            atomic_write_text(report, text.replace("## Corpus", data_section(corpus_manifest["pipeline"]) + "\n## Corpus", 1))
         log(f"report: {report}")
         return report
     finally:

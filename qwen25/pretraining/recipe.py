@@ -35,6 +35,7 @@ class TokenizerSection:
 @dataclass
 class DataSection:
     corpus_dir: str = ""  # your own train.jsonl + heldout.jsonl ({"text", "domain"} per line); empty: build one
+    pipeline: str = ""  # a data recipe (recipes/data-*.toml): filter, deduplicate, score, rebalance; empty: raw corpus
     bytes_per_domain: dict[str, int] = field(default_factory=lambda: {"code": 4_000_000, "en": 4_000_000,
                                                                        "zh": 4_000_000, "math": 1_500_000})
     heldout_per_mille: int = 20
@@ -102,6 +103,8 @@ def validate(r: Recipe) -> None:
         fail("data.heldout_per_mille", f"must be in [0, 1000), got {r.data.heldout_per_mille}")
     if r.data.workers < 1:
         fail("data.workers", f"must be >= 1, got {r.data.workers}")
+    if r.data.pipeline and not Path(r.data.pipeline).is_file():
+        fail("data.pipeline", f"{r.data.pipeline!r} is not a file (a data recipe such as recipes/data-tiny.toml)")
     for domain, weight in r.data.mixture.items():
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
             fail(f"data.mixture.{domain}", f"must be a number >= 0, got {weight!r}")
