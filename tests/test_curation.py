@@ -15,7 +15,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from qwen25.data.curation import (_read_done, curate, preference_pairs, query_seed, sample_and_verify,
+from qwen25.data.curation import (_read_done, curate, partial_summary, preference_pairs, query_seed, sample_and_verify,
                                   verify_response)
 from qwen25.data.queries import FAMILIES, build_queries, read_queries, write_queries
 
@@ -115,6 +115,9 @@ def test_resume_after_a_crash_gives_the_same_samples(tmp_path, batch):
         samples.write_text("".join(samples.read_text().splitlines(keepends=True)[:2]))
     with samples.open("a") as f:
         f.write('{"query_id": "torn')  # killed mid-write
+    done = 3 if batch == 1 else 2
+    assert f"| all | {done} | {2 * done} | 50.0% | {done} | {done} |" in partial_summary(tmp_path / "q.jsonl", tmp_path / "resumed")
+    assert samples.read_text().endswith('"torn')  # read, not cut
     resumed = ScriptedGenerator(queries)
     curate(tmp_path / "q.jsonl", resumed, tmp_path / "resumed", k=2, progress=False, batch=batch)
     # only unfinished groups were sampled again, each with the same queries and seeds as in the whole run

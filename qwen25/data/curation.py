@@ -256,3 +256,16 @@ def build_posttraining_data(model_dir: str | Path, out_dir: str | Path, counts: 
     generator = ModelGenerator.load(model_dir, max_new_tokens=max_new_tokens, **sampling)
     summary = curate(queries_path, generator, out_dir, k, seed, progress=progress, references=references)
     return out_dir / "sft.jsonl", out_dir / "pairs.jsonl", summary
+
+
+def partial_summary(queries_path: str | Path, out_dir: str | Path) -> str:
+    """The summary table of the queries a run has finished so far, read while it may still be writing
+    (complete lines only; nothing is truncated)."""
+    path = Path(out_dir) / "samples.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no samples yet")
+    text = path.read_text(encoding="utf-8")
+    done = {r["query_id"]: r for r in map(json.loads, text[:text.rfind("\n") + 1].splitlines())}
+    queries = [q for q in read_queries(queries_path) if q.id in done]
+    records = [done[q.id] for q in queries]
+    return summarize(records, sft_records(queries, records), preference_pairs(queries, records))
