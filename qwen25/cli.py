@@ -7,7 +7,7 @@ import errno
 import sys
 import traceback
 
-from qwen25.argtypes import float_in, nonnegative_int, positive_float, positive_int, unit_interval
+from qwen25.argtypes import float_in, int_at_least, nonnegative_int, positive_float, positive_int, unit_interval
 
 # Errors a user can cause and fix (bad arguments, files, recipes, data): one line, exit 2. Anything else is a
 # bug in qwen25 and keeps its traceback.
@@ -304,6 +304,10 @@ def cmd_data_queries(args: argparse.Namespace) -> None:
                                           ("instructions", args.instructions), ("structured", args.structured),
                                           ("logic", args.logic)) if n}
     queries = build_queries(counts, args.seed)
+    if args.system_prompts:
+        from qwen25.data.system_prompts import with_system_prompts
+
+        queries = with_system_prompts(queries, args.system_prompts, args.seed)
     write_queries(queries, args.out)
     print(f"wrote {len(queries)} queries to {args.out}")
 
@@ -312,10 +316,11 @@ def cmd_data_curate(args: argparse.Namespace) -> None:
     from qwen25.data.curation import curate
     from qwen25.data.generators import ModelGenerator
 
-    generator = ModelGenerator.load(args.model, args.tokenizer, args.dtype, max_new_tokens=args.max_new_tokens,
-                                    temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    generator = ModelGenerator.load(args.model, args.tokenizer, args.dtype, max_batch=args.batch * args.k,
+                                    max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                    top_p=args.top_p, top_k=args.top_k)
     print(curate(args.queries, generator, args.out, args.k, args.seed, args.sft_per_query, args.pairs_per_query,
-                 args.workers))
+                 args.workers, batch=args.batch, references=args.references))
     print(f"{args.out}/{'sft.jsonl' if args.action == 'sft-build' else 'pairs.jsonl'} written (samples in "
           f"{args.out}/samples.jsonl, table in {args.out}/summary.md)")
 
@@ -332,6 +337,59 @@ def cmd_data_autoif(args: argparse.Namespace) -> None:
           + ", ".join(f"{why}: {n}" for why, n in sorted(outcomes.items())))
 
 
+def _load_generator(args: argparse.Namespace, model: str):
+    from qwen25.data.generators import ModelGenerator
+
+    return ModelGenerator.load(model, args.tokenizer, args.dtype, max_new_tokens=args.max_new_tokens,
+                               temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+
+
+def cmd_data_backtranslate(args: argparse.Namespace) -> None:
+    from qwen25.data.backtranslation import BacktranslationConfig, run_backtranslation
+
+    cfg = BacktranslationConfig(min_chars=args.min_chars, max_chars=args.max_chars, min_gain=args.min_gain)
+    if cfg.min_chars > cfg.max_chars:
+        raise ValueError(f"--min-chars {cfg.min_chars} is above --max-chars {cfg.max_chars}")
+    print(run_backtranslation(args.docs, _load_generator(args, args.model), args.out, args.k, args.seed, cfg))
+
+
+def cmd_data_crosslingual(args: argparse.Namespace) -> None:
+    from qwen25.data.crosslingual import NAMES, crosslingual_queries
+    from qwen25.data.queries import read_queries, write_queries
+
+    languages = [x.strip() for x in args.languages.split(",") if x.strip()]
+    unknown = [x for x in languages if x not in NAMES]
+    if not languages or unknown:
+        raise ValueError(f"--languages: unknown language {unknown[0] if unknown else args.languages!r}; known: "
+                         f"{', '.join(NAMES)}")
+    queries = read_queries(args.queries)
+    if not queries:
+        raise ValueError(f"{args.queries}: no queries")
+    kept, judged = crosslingual_queries(queries, _load_generator(args, args.model), languages, args.seed,
+                                        args.min_agreement)
+    write_queries(kept, args.out)
+    print(f"wrote {len(kept)} of {len(judged)} translated queries to {args.out} (sample them with "
+          f"'qwen25 data sft-build --queries {args.out}')")
+
+
+def cmd_data_critic(args: argparse.Namespace) -> None:
+    from qwen25.data.critic import CriticConfig, critic_filter
+
+    cfg = CriticConfig(top_rating=args.top_rating, samples=args.samples, min_mean_logprob=args.min_mean_logprob)
+    print(critic_filter(args.sft, _load_generator(args, args.critic), args.out, args.seed, cfg))
+
+
+def _add_model_flags(p, model_flag: str = "--model") -> None:
+    p.add_argument(model_flag, required=True, help="qwen25/HF model directory")
+    p.add_argument("--tokenizer", help="tokenizer directory or 'qwen2.5' (default: the model directory's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=positive_int, default=512)
+    p.add_argument("--temperature", type=float_in(0.0, low_open=True))
+    p.add_argument("--top-p", type=float_in(0.0, 1.0, low_open=True))
+    p.add_argument("--top-k", type=nonnegative_int)
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+
+
 def _add_curation_verbs(data) -> None:
     from qwen25.data.queries import FAMILIES
 
@@ -340,7 +398,37 @@ def _add_curation_verbs(data) -> None:
     for family in FAMILIES:
         p.add_argument(f"--{family}", type=nonnegative_int, default=0, help=f"number of {family} queries")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--system-prompts", type=unit_interval, default=0.0,
+                   help="share of queries given a templated system prompt (its rule joins the verifier)")
     p.set_defaults(func=cmd_data_queries)
+    p = data.add_parser("backtranslate", help="long responses by back-translation: a model writes the request a "
+                        "document answers; kept when length, text quality and the request's score pass")
+    p.add_argument("--docs", required=True, help="JSONL of {\"text\", \"source\"} documents")
+    p.add_argument("--out", required=True, help="directory for sft.jsonl and judged.jsonl")
+    p.add_argument("--k", type=positive_int, default=2, help="candidate requests per document")
+    p.add_argument("--min-chars", type=positive_int, default=800)
+    p.add_argument("--max-chars", type=positive_int, default=6000)
+    p.add_argument("--min-gain", type=float, default=0.0,
+                   help="nats per token the request must add to the document's log-likelihood")
+    _add_model_flags(p)
+    p.set_defaults(func=cmd_data_backtranslate)
+    p = data.add_parser("crosslingual", help="translate queries, keep those whose back-translation agrees; "
+                        "their responses must be in the new language")
+    p.add_argument("--queries", required=True, help="JSONL from 'qwen25 data queries'")
+    p.add_argument("--out", required=True, help="JSONL query file to write")
+    p.add_argument("--languages", default="zh", help="comma-separated ISO codes, e.g. zh,fr,de")
+    p.add_argument("--min-agreement", type=unit_interval, default=0.5,
+                   help="token F1 of the back-translation against the original")
+    _add_model_flags(p)
+    p.set_defaults(func=cmd_data_crosslingual)
+    p = data.add_parser("critic", help="keep SFT records only when a critic model and every scorer rate them top")
+    p.add_argument("--sft", required=True, help="SFT JSONL (e.g. a run's sft.jsonl)")
+    p.add_argument("--out", required=True, help="JSONL of kept records (judgements next to it)")
+    p.add_argument("--samples", type=positive_int, default=1, help="critic judgements per response")
+    p.add_argument("--top-rating", type=int_at_least(1, 10), default=9, help="lowest rating (1-10) that is top")
+    p.add_argument("--min-mean-logprob", type=float, default=-2.0, help="fluency threshold, nats per token")
+    _add_model_flags(p, "--critic")
+    p.set_defaults(func=cmd_data_critic)
     p = data.add_parser("autoif", help="queries whose verification code a model writes (kept only when it passes "
                         "its own tests in the sandbox)")
     p.add_argument("--model", required=True, help="qwen25/HF model directory")
@@ -369,6 +457,10 @@ def _add_curation_verbs(data) -> None:
         p.add_argument("--sft-per-query", type=positive_int, default=1, help="verified responses kept per query")
         p.add_argument("--pairs-per-query", type=positive_int, default=1)
         p.add_argument("--workers", type=positive_int, help="parallel verifications (default: CPU count)")
+        p.add_argument("--batch", type=positive_int, default=4,
+                       help="queries decoded together (batch x k rows); part of the run's settings")
+        p.add_argument("--references", action="store_true",
+                       help="also verify each query's builder-made reference and keep it as a candidate")
         p.set_defaults(func=cmd_data_curate)
 
 

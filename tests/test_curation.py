@@ -15,7 +15,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from qwen25.data.curation import (_read_done, curate, preference_pairs, query_seed, sample_and_verify,
+from qwen25.data.curation import (_read_done, curate, partial_summary, preference_pairs, query_seed, sample_and_verify,
                                   verify_response)
 from qwen25.data.queries import FAMILIES, build_queries, read_queries, write_queries
 
@@ -69,10 +69,10 @@ class ScriptedGenerator:
         self.calls: list[int] = []
         self.fail_after = fail_after
 
-    def __call__(self, prompts, k, seed):
+    def __call__(self, prompts, k, seeds):
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise RuntimeError("simulated crash")
-        self.calls.append(seed)
+        self.calls.append(list(seeds))
         out = []
         for messages in prompts:
             q = self.by_prompt[messages[0]["content"]]
@@ -100,19 +100,28 @@ def test_sft_and_pairs_keep_verified_responses_with_provenance(tmp_path):
     assert (tmp_path / "run" / "summary.md").read_text().count("| code |") == 1
 
 
-def test_resume_after_a_crash_gives_the_same_samples(tmp_path):
+@pytest.mark.parametrize("batch", [1, 4])
+def test_resume_after_a_crash_gives_the_same_samples(tmp_path, batch):
     queries = build_queries({"math": 4, "logic": 2}, seed=0)
     write_queries(queries, tmp_path / "q.jsonl")
     whole = ScriptedGenerator(queries)
-    curate(tmp_path / "q.jsonl", whole, tmp_path / "whole", k=2, progress=False)
-    crashing = ScriptedGenerator(queries, fail_after=3)
+    curate(tmp_path / "q.jsonl", whole, tmp_path / "whole", k=2, progress=False, batch=batch)
+    assert [len(c) for c in whole.calls] == ([1] * 6 if batch == 1 else [4, 2])
+    crashing = ScriptedGenerator(queries, fail_after=3 if batch == 1 else 1)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        curate(tmp_path / "q.jsonl", crashing, tmp_path / "resumed", k=2, progress=False)
-    with (tmp_path / "resumed" / "samples.jsonl").open("a") as f:
+        curate(tmp_path / "q.jsonl", crashing, tmp_path / "resumed", k=2, progress=False, batch=batch)
+    samples = tmp_path / "resumed" / "samples.jsonl"
+    if batch == 4:  # killed after the group's first two queries were written: the group is sampled again whole
+        samples.write_text("".join(samples.read_text().splitlines(keepends=True)[:2]))
+    with samples.open("a") as f:
         f.write('{"query_id": "torn')  # killed mid-write
+    done = 3 if batch == 1 else 2
+    assert f"| all | {done} | {2 * done} | 50.0% | {done} | {done} |" in partial_summary(tmp_path / "q.jsonl", tmp_path / "resumed")
+    assert samples.read_text().endswith('"torn')  # read, not cut
     resumed = ScriptedGenerator(queries)
-    curate(tmp_path / "q.jsonl", resumed, tmp_path / "resumed", k=2, progress=False)
-    assert len(resumed.calls) == 3  # only the unfinished queries were sampled again
+    curate(tmp_path / "q.jsonl", resumed, tmp_path / "resumed", k=2, progress=False, batch=batch)
+    # only unfinished groups were sampled again, each with the same queries and seeds as in the whole run
+    assert resumed.calls == whole.calls[3:] if batch == 1 else resumed.calls == whole.calls
     for name in ("samples.jsonl", "sft.jsonl", "pairs.jsonl", "summary.md"):
         whole_text = (tmp_path / "whole" / name).read_text().replace("whole", "X")
         assert whole_text == (tmp_path / "resumed" / name).read_text().replace("resumed", "X"), name
@@ -133,6 +142,8 @@ def test_torn_line_is_cut(tmp_path):
     assert preference_pairs([], []) == []
     with pytest.raises(ValueError, match="k must be >= 1"):
         sample_and_verify([], ScriptedGenerator([]), tmp_path / "x", 0, 0, "")
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        sample_and_verify([], ScriptedGenerator([]), tmp_path / "x", 1, 0, "", batch=0)
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +206,7 @@ def test_model_written_verifiers_become_queries_and_judge_responses(tmp_path):
     class Writer:
         name = "writer"
 
-        def __call__(self, prompts, k, seed):
+        def __call__(self, prompts, k, seeds):
             return [[GOOD, BUGGY.replace("Answer in", "Reply in"), "no format at all", GOOD][:k] for _ in prompts]
 
     queries, outcomes = autoif_queries(Writer(), n_prompts=1, k=4)
@@ -206,7 +217,7 @@ def test_model_written_verifiers_become_queries_and_judge_responses(tmp_path):
     class Responder:
         name = "responder"
 
-        def __call__(self, prompts, k, seed):
+        def __call__(self, prompts, k, seeds):
             return [["fine by me", "Not Fine At All"] for _ in prompts]
 
     summary = curate(tmp_path / "q.jsonl", Responder(), tmp_path / "run", k=2, progress=False)
@@ -214,3 +225,38 @@ def test_model_written_verifiers_become_queries_and_judge_responses(tmp_path):
     pair = json.loads((tmp_path / "run" / "pairs.jsonl").read_text())
     assert (pair["chosen"], pair["rejected"]) == ("fine by me", "Not Fine At All")
     assert pair["provenance"]["chosen"]["verifier"] == "model_written"
+
+
+class Wrong:
+    name = "wrong"
+
+    def __call__(self, prompts, k, seeds):
+        return [["\\boxed{-12345}"] * k for _ in prompts]
+
+
+def test_references_give_sft_records_and_pairs_from_a_weak_generator(tmp_path):
+    queries = build_queries({"math": 2, "code": 1, "instructions": 1}, seed=0)  # instructions: no reference
+    write_queries(queries, tmp_path / "q.jsonl")
+    summary = curate(tmp_path / "q.jsonl", Wrong(), tmp_path / "run", k=2, progress=False, references=True)
+    assert "| all | 4 | 8 | 0.0% | 3 | 3 |" in summary  # pass rate over model samples only
+    sft = [json.loads(line) for line in (tmp_path / "run" / "sft.jsonl").read_text().splitlines()]
+    assert [r["messages"][-1]["content"] for r in sft] == [q.reference for q in queries[:3]]
+    assert all(r["provenance"]["origin"] == "reference" for r in sft)
+    pairs = [json.loads(line) for line in (tmp_path / "run" / "pairs.jsonl").read_text().splitlines()]
+    assert all(p["rejected"] == "\\boxed{-12345}" and "origin" not in p["provenance"]["rejected"] for p in pairs)
+    with pytest.raises(ValueError, match=r"run.json: .*\(references differ\)"):
+        curate(tmp_path / "q.jsonl", Wrong(), tmp_path / "run", k=2, progress=False)
+
+
+def test_build_posttraining_data_on_a_tiny_model(tmp_path, tiny_model_dir):
+    from qwen25.data.curation import build_posttraining_data
+    from qwen25.posttraining.conversations import read_conversations
+
+    sft, pairs, summary = build_posttraining_data(tiny_model_dir, tmp_path / "d", {"math": 2, "code": 1}, k=2,
+                                                  max_new_tokens=4, references=True)
+    assert "| all | 3 | 6 |" in summary
+    assert len(list(read_conversations(sft))) == 3  # the SFT stage's reader takes the file as is
+    assert len(pairs.read_text().splitlines()) == 3
+    again = build_posttraining_data(tiny_model_dir, tmp_path / "d", {"math": 2, "code": 1}, k=2, max_new_tokens=4,
+                                    references=True)
+    assert again[2] == summary

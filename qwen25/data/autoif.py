@@ -27,7 +27,7 @@ def autoif_queries(generator: Generator, n_prompts: int, k: int, seed: int = 0,
     outcomes: Counter = Counter()
     queries: list[Query] = []
     seen: set[str] = set()
-    for p, outputs in enumerate(generator(prompts, k, seed)):
+    for p, outputs in enumerate(generator(prompts, k, [seed + i for i in range(n_prompts)])):
         for j, text in enumerate(outputs):
             try:
                 spec = parse_verification(text)

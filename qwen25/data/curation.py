@@ -47,11 +47,30 @@ VERIFIERS: dict[str, Callable[[dict, str], Verdict]] = {
 }
 
 
+def _all_of(verifier: dict, response: str) -> Verdict:
+    """Every listed verifier must pass (a query's own check plus, e.g., a system prompt's rule)."""
+    verdicts = [VERIFIERS[v["kind"]](v, response) for v in verifier["verifiers"]]
+    failed = [f"{v['kind']}: {d.reason}" for v, d in zip(verifier["verifiers"], verdicts) if not d.passed]
+    details = {f"{i}:{v['kind']}": d.to_dict() for i, (v, d) in enumerate(zip(verifier["verifiers"], verdicts))}
+    if failed:
+        return Verdict(False, "; ".join(failed), details=details)
+    return Verdict(True, f"all {len(verdicts)} verifiers pass", details=details)
+
+
+VERIFIERS["all_of"] = _all_of
+
+
+def _kinds(verifier: dict) -> list:
+    nested = verifier.get("verifiers", []) if verifier.get("kind") == "all_of" else []
+    return [verifier.get("kind")] + [k for v in nested for k in _kinds(v)]
+
+
 def verify_response(query: Query, response: str) -> Verdict:
-    kind = query.verifier.get("kind")
-    if kind not in VERIFIERS:
-        raise ValueError(f"query {query.id}: unknown verifier kind {kind!r}; known: {', '.join(sorted(VERIFIERS))}")
-    return VERIFIERS[kind](query.verifier, response)
+    unknown = [k for k in _kinds(query.verifier) if k not in VERIFIERS]
+    if unknown:
+        raise ValueError(f"query {query.id}: unknown verifier kind {unknown[0]!r}; known: "
+                         f"{', '.join(sorted(VERIFIERS))}")
+    return VERIFIERS[query.verifier["kind"]](query.verifier, response)
 
 
 def query_seed(seed: int, query_id: str) -> int:
@@ -75,7 +94,7 @@ def _check_run(out_dir: Path, settings: dict) -> None:
     path = out_dir / "run.json"
     if path.exists():
         previous = json.loads(path.read_text())
-        changed = sorted(k for k in settings if previous.get(k) != settings[k])
+        changed = sorted(k for k in set(settings) | set(previous) if previous.get(k) != settings.get(k))
         if changed:
             raise ValueError(f"{path}: this run directory was made with other settings ({', '.join(changed)} "
                              f"differ); use a new --out directory")
@@ -84,36 +103,59 @@ def _check_run(out_dir: Path, settings: dict) -> None:
 
 
 def sample_and_verify(queries: Sequence[Query], generator: Generator, out_dir: str | Path, k: int, seed: int,
-                      queries_hash: str, workers: int | None = None, progress: bool = True) -> list[dict]:
+                      queries_hash: str, workers: int | None = None, progress: bool = True,
+                      batch: int = 4, references: bool = False) -> list[dict]:
     """Sample k responses per query (resuming after the last finished one) and verify them; returns the
-    records of all queries in query order."""
+    records of all queries in query order.
+
+    Queries go to the generator `batch` at a time, in fixed groups of the query list (0..batch-1, ...); a
+    group that a kill left half written is sampled again whole and only its missing queries are written, so
+    every query is always sampled in the same company (bit-identical even where batched matmuls round).
+
+    references: also verify each query's builder-made reference response and record it after the samples
+    (`"origin": "reference"`), so a weak generator still yields SFT records and (reference, failed sample)
+    pairs, e.g. for `make run`'s tiny model."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_run(out_dir, {"queries_sha256": queries_hash, "generator": generator.name, "k": k, "seed": seed})
+    settings = {"queries_sha256": queries_hash, "generator": generator.name, "k": k, "seed": seed, "batch": batch}
+    _check_run(out_dir, settings | ({"references": True} if references else {}))
     samples_path = out_dir / "samples.jsonl"
     done = _read_done(samples_path)
-    todo = [q for q in queries if q.id not in done]
-    with samples_path.open("a", encoding="utf-8") as f, ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        for query in tqdm(todo, desc="queries", disable=not progress, initial=len(queries) - len(todo),
-                          total=len(queries)):
-            sample_seed = query_seed(seed, query.id)
-            responses = generator([query.messages], k, sample_seed)[0]
-            verdicts = list(pool.map(lambda r: verify_response(query, r), responses))
-            record = {"query_id": query.id, "family": query.family, "source": query.source,
-                      "verifier": query.verifier["kind"], "generator": generator.name, "seed": sample_seed,
-                      "responses": [{"text": r, "verdict": v.to_dict()} for r, v in zip(responses, verdicts)]}
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-            done[query.id] = record
+    groups = [list(queries[i:i + batch]) for i in range(0, len(queries), batch)]
+    with samples_path.open("a", encoding="utf-8") as f, ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool, \
+            tqdm(desc="queries", disable=not progress, initial=len(done), total=len(queries)) as bar:
+        for group in groups:
+            if all(q.id in done for q in group):
+                continue
+            seeds = [query_seed(seed, q.id) for q in group]
+            outputs = generator([q.messages for q in group], k, seeds)
+            for query, sample_seed, responses in zip(group, seeds, outputs):
+                if query.id in done:
+                    continue
+                origins = [None] * len(responses)
+                if references and query.reference:
+                    responses, origins = responses + [query.reference], origins + ["reference"]
+                verdicts = list(pool.map(lambda r, q=query: verify_response(q, r), responses))
+                record = {"query_id": query.id, "family": query.family, "source": query.source,
+                          "verifier": query.verifier["kind"], "generator": generator.name, "seed": sample_seed,
+                          "responses": [{"text": r, "verdict": v.to_dict()} | ({"origin": o} if o else {})
+                                        for r, v, o in zip(responses, verdicts, origins)]}
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+                done[query.id] = record
+                bar.update()
     return [done[q.id] for q in queries]
 
 
 def _provenance(record: dict, index: int) -> dict:
     verdict = record["responses"][index]["verdict"]
-    return {"query_id": record["query_id"], "family": record["family"], "source": record["source"],
+    origin = record["responses"][index].get("origin")
+    return ({"origin": origin} if origin else {}) | {"query_id": record["query_id"], "family": record["family"], "source": record["source"],
             "verifier": record["verifier"], "generator": record["generator"], "seed": record["seed"],
             "sample": index, "verdict": {"passed": verdict["passed"], "status": verdict["status"],
                                          "reason": verdict["reason"]}}
@@ -160,8 +202,9 @@ def summarize(records: Sequence[dict], sft: Sequence[dict], pairs: Sequence[dict
     for record in records:
         s = table.setdefault(record["family"], FamilySummary())
         s.queries += 1
-        s.samples += len(record["responses"])
-        s.passed += sum(r["verdict"]["passed"] for r in record["responses"])
+        sampled = [r for r in record["responses"] if "origin" not in r]  # not the builder's references
+        s.samples += len(sampled)
+        s.passed += sum(r["verdict"]["passed"] for r in sampled)
     for item in sft:
         table[item["provenance"]["family"]].sft += 1
     for item in pairs:
@@ -176,7 +219,7 @@ def summarize(records: Sequence[dict], sft: Sequence[dict], pairs: Sequence[dict
 
 def curate(queries_path: str | Path, generator: Generator, out_dir: str | Path, k: int = 4, seed: int = 0,
            sft_per_query: int = 1, pairs_per_query: int = 1, workers: int | None = None,
-           progress: bool = True) -> str:
+           progress: bool = True, batch: int = 4, references: bool = False) -> str:
     """The whole pipeline for one run directory: samples, then sft.jsonl, pairs.jsonl and summary.md (both
     outputs come from the same samples, so building one and then the other samples once)."""
     queries_path, out_dir = Path(queries_path), Path(out_dir)
@@ -184,7 +227,8 @@ def curate(queries_path: str | Path, generator: Generator, out_dir: str | Path, 
     if not queries:
         raise ValueError(f"{queries_path}: no queries")
     queries_hash = hashlib.sha256(queries_path.read_bytes()).hexdigest()
-    records = sample_and_verify(queries, generator, out_dir, k, seed, queries_hash, workers, progress)
+    records = sample_and_verify(queries, generator, out_dir, k, seed, queries_hash, workers, progress, batch,
+                                references)
     sft = sft_records(queries, records, sft_per_query)
     pairs = preference_pairs(queries, records, pairs_per_query)
     atomic_write_text(out_dir / "sft.jsonl", "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in sft))
@@ -193,3 +237,35 @@ def curate(queries_path: str | Path, generator: Generator, out_dir: str | Path, 
     atomic_write_text(out_dir / "summary.md", f"# {out_dir}\n\ngenerator: {generator.name}; k={k}, seed={seed}; "
                                               f"queries: {queries_path}\n\n{summary}")
     return summary
+
+
+def build_posttraining_data(model_dir: str | Path, out_dir: str | Path, counts: dict[str, int], k: int = 4,
+                            seed: int = 0, max_new_tokens: int = 256, references: bool = False,
+                            progress: bool = False, **sampling) -> tuple[Path, Path, str]:
+    """Queries from the project's generators, then the whole pipeline with `model_dir` as generator, in one
+    call (what a `make run` SFT or DPO stage needs). Returns (sft.jsonl, pairs.jsonl, summary table); the SFT
+    file is in the format `qwen25.posttraining.conversations` reads, each pair is {"prompt": messages,
+    "chosen", "rejected", "provenance"}. Resumable like `curate` (rerun with the same arguments)."""
+    from qwen25.data.generators import ModelGenerator
+    from qwen25.data.queries import build_queries, write_queries
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    queries_path = out_dir / "queries.jsonl"
+    write_queries(build_queries(counts, seed), queries_path)  # the same bytes on every rerun
+    generator = ModelGenerator.load(model_dir, max_new_tokens=max_new_tokens, **sampling)
+    summary = curate(queries_path, generator, out_dir, k, seed, progress=progress, references=references)
+    return out_dir / "sft.jsonl", out_dir / "pairs.jsonl", summary
+
+
+def partial_summary(queries_path: str | Path, out_dir: str | Path) -> str:
+    """The summary table of the queries a run has finished so far, read while it may still be writing
+    (complete lines only; nothing is truncated)."""
+    path = Path(out_dir) / "samples.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no samples yet")
+    text = path.read_text(encoding="utf-8")
+    done = {r["query_id"]: r for r in map(json.loads, text[:text.rfind("\n") + 1].splitlines())}
+    queries = [q for q in read_queries(queries_path) if q.id in done]
+    records = [done[q.id] for q in queries]
+    return summarize(records, sft_records(queries, records), preference_pairs(queries, records))
