@@ -292,6 +292,31 @@ def _add_inference_verbs(sub) -> None:
     p.set_defaults(func=cmd_models_list)
 
 
+# ---- weight-only quantization (qwen25.inference.quantize) ------------------------------------------------------
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from qwen25.inference.quantize import quantize_checkpoint
+
+    out = quantize_checkpoint(args.model, args.out, args.scheme, group_size=args.group_size, lm_head=args.lm_head,
+                              overwrite=args.force)
+    print(f"wrote {out}")
+
+
+def _add_quantize_verb(sub) -> None:
+    p = sub.add_parser("quantize", help="int8 / int4 weight-only quantization for CPU inference -> a directory "
+                       "that --model accepts")
+    p.add_argument("--model", required=True, help="HF model directory or a fetched model name")
+    p.add_argument("--scheme", choices=["int8", "int4"], required=True,
+                   help="int8: per output channel, symmetric; int4: groups of --group-size columns with zeros")
+    p.add_argument("--group-size", type=int, help="int4: input columns per scale and zero (32, 64, 128, 256; "
+                   "default 128)")
+    p.add_argument("--lm-head", choices=["int8", "int4"],
+                   help="quantize the LM head too (default: keep it in the model's dtype)")
+    p.add_argument("--out", required=True, help="the quantized model directory to write")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=cmd_quantize)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qwen25", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -397,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(func=cmd_longctx_extrapolate)
     _add_inference_verbs(sub)
+    _add_quantize_verb(sub)
     return parser
 
 
