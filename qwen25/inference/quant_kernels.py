@@ -40,36 +40,53 @@ _MEASURE_MAX_OUT = 8192  # both paths cost in proportion to the output width, so
 
 # ---- quantize and dequantize (portable form) -------------------------------------------------------------------
 
-def quantize_int8(weight: torch.Tensor, scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """weight [N, K] -> (q int8 [N, K], scales [N] in `scale_dtype`). The codes are rounded against the scales
-    as stored, so dequantizing with them gives the nearest grid point."""
-    w = weight.detach().float()
-    scales = (w.abs().amax(dim=1) / 127).to(scale_dtype)
+def int8_scales(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """One scale per row of a [N, K] weight: its largest magnitude over 127, in `dtype`."""
+    return (weight.detach().float().abs().amax(dim=1) / 127).to(dtype)
+
+
+def int8_codes(weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """[N, k] -> int8 codes, rounded against the scales as stored (so dequantizing gives the nearest grid point)."""
     s = scales.float()
     s = torch.where(s > 0, s, torch.ones_like(s))  # an all-zero row: any scale, codes 0
-    q = (w / s[:, None]).round_().clamp_(-127, 127).to(torch.int8)
-    return q, scales
+    return (weight.float() / s[:, None]).round_().clamp_(-127, 127).to(torch.int8)
+
+
+def quantize_int8(weight: torch.Tensor, scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight [N, K] -> (q int8 [N, K], scales [N] in `scale_dtype`)."""
+    scales = int8_scales(weight, scale_dtype)
+    return int8_codes(weight, scales), scales
 
 
 def dequantize_int8(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (q.float() * scales.float()[:, None]).to(dtype)
 
 
-def quantize_int4(weight: torch.Tensor, group_size: int,
-                  scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """weight [N, K] -> (codes uint8 [N, K] in 0..15, scales [N, K/g], zeros [N, K/g]): each group's range
-    [min, max] spread over 16 levels. Codes are rounded against the stored (rounded) scales and zeros."""
-    n, k = weight.shape
-    check_group_size(k, group_size)
-    w = weight.detach().float().reshape(n, k // group_size, group_size)
+def int4_params(groups: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """groups [N, G, g] -> (scales, zeros) [N, G] in `dtype`: each group's range [min, max] spread over 16
+    levels, the zero being the value of code 8."""
+    w = groups.detach().float()
     lo, hi = w.amin(dim=-1), w.amax(dim=-1)
-    scales = ((hi - lo) / 15).to(scale_dtype)
-    zeros = (lo + 8 * scales.float()).to(scale_dtype)
-    start = zeros.float() - 8 * scales.float()  # the value of code 0 with the scale and zero as stored
+    scales = ((hi - lo) / 15).to(dtype)
+    return scales, (lo + 8 * scales.float()).to(dtype)
+
+
+def int4_codes(groups: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
+    """groups [N, G, g] -> uint8 codes 0..15, rounded against the scales and zeros as stored."""
+    start = zeros.float() - 8 * scales.float()  # the value of code 0
     s = scales.float()
     s = torch.where(s > 0, s, torch.ones_like(s))  # a constant group: scale 0, every code gives its value
-    codes = ((w - start[..., None]) / s[..., None]).round_().clamp_(0, 15).to(torch.uint8)
-    return codes.reshape(n, k), scales, zeros
+    return ((groups.float() - start[..., None]) / s[..., None]).round_().clamp_(0, 15).to(torch.uint8)
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int,
+                  scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """weight [N, K] -> (codes uint8 [N, K] in 0..15, scales [N, K/g], zeros [N, K/g])."""
+    n, k = weight.shape
+    check_group_size(k, group_size)
+    groups = weight.detach().float().reshape(n, k // group_size, group_size)
+    scales, zeros = int4_params(groups, scale_dtype)
+    return int4_codes(groups, scales, zeros).reshape(n, k), scales, zeros
 
 
 def dequantize_int4(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
