@@ -14,7 +14,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/qwen25 pretrain run --recipe recipes/tiny.toml --fresh
+	$(BIN)/qwen25 pipeline run --fresh
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -45,8 +45,8 @@ def moe_config(args: argparse.Namespace) -> ModelConfig:
 
 def ours_step(model, ids: torch.Tensor) -> torch.Tensor:
     labels = F.pad(ids[:, 1:], (0, 1), value=-100)  # shift the labels, not the logits (as transformers does)
-    ce = model(ids, labels=labels) / (labels != -100).sum()  # the trainer's fused LM head + cross-entropy
-    loss = ce + model.router_stats().weighted_aux_loss
+    out = model(ids, labels=labels)  # the trainer's fused LM head + cross-entropy, and this forward's router stats
+    loss = out.loss / (labels != -100).sum() + out.router.weighted_aux_loss
     loss.backward()
     return loss
 
@@ -58,7 +58,7 @@ def hf_step(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 def block_step(block, x: torch.Tensor, g: torch.Tensor) -> None:
-    (block(x) * g).sum().backward()
+    (block(x)[0] * g).sum().backward()
 
 
 def timed_pair(fns: dict[str, callable], repeats: int) -> dict[str, tuple[float, float]]:

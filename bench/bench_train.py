@@ -4,7 +4,8 @@ batches, in one run; tokens/s, MFU against the measured matmul peak, and the rat
     .venv/bin/python bench/bench_train.py                     # qwen25-tiny and qwen25-25m, bf16 autocast
     .venv/bin/python bench/bench_train.py --presets qwen25-25m --dtype float32
 
-A step is forward + backward + gradient clipping + AdamW, as the trainer runs it. Runs alternate between
+A step is forward + backward + gradient clipping + AdamW: for qwen25 the one trainer's own `Trainer.step` with the
+causal-LM loss, for transformers the equivalent plain loop. Runs alternate between
 the two libraries and the best of --repeats is kept, so a burst of outside load hits neither unevenly.
 """
 
@@ -13,16 +14,26 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-from qwen25.model import build_model, get_preset  # noqa: E402
-from qwen25.model.qwen2 import torch_dtype  # noqa: E402
+from qwen25.model import build_model, get_preset, torch_dtype  # noqa: E402
+from qwen25.training.distributed import DistInfo  # noqa: E402
+from qwen25.training.losses import causal_lm_loss, count_target_tokens  # noqa: E402
 from qwen25.training.metrics import flops_per_token, matmul_peak_flops  # noqa: E402
+from qwen25.training.trainer import TrainConfig, Trainer  # noqa: E402
+
+
+@dataclass
+class Rows:
+    input_ids: torch.Tensor
+    labels: torch.Tensor
 
 
 def main() -> None:
@@ -43,11 +54,11 @@ def main() -> None:
     print(f"{os.cpu_count()} cpus, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"load {os.getloadavg()[0]:.2f}; measured matmul peak {peak / 1e9:.0f} GFLOP/s ({args.dtype})")
     rows = []
+    tmp = tempfile.mkdtemp(prefix="bench_train_")  # the trainer's metrics file; nothing is checkpointed
     for preset in args.presets:
         cfg, _ = get_preset(preset)
         cfg = cfg.replace(dtype="float32")
         ours = build_model(cfg, seed=0)
-        ours.set_fused_projections(False)
         hf = Qwen2ForCausalLM(Qwen2Config(**{k: v for k, v in cfg.to_hf_dict().items()
                                              if k not in ("architectures", "model_type")}))
         hf.load_state_dict(ours.state_dict(), strict=False)
@@ -55,23 +66,20 @@ def main() -> None:
         data = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len + 1), generator=g)
         n = args.batch * args.seq_len
 
-        def make_step(model, is_hf):
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+        def hf_step():
+            ctx = torch.autocast("cpu", dtype=amp) if amp else contextlib.nullcontext()
+            with ctx:
+                loss = hf(input_ids=data[:, :-1], labels=data[:, :-1]).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+            hf_opt.step()
+            hf_opt.zero_grad(set_to_none=True)
 
-            def step():
-                ctx = torch.autocast("cpu", dtype=amp) if amp else contextlib.nullcontext()
-                with ctx:
-                    if is_hf:
-                        loss = model(input_ids=data[:, :-1], labels=data[:, :-1]).loss
-                    else:
-                        loss = model(data[:, :-1], labels=data[:, 1:]) / n
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            return step
-
-        steps = {"qwen25": make_step(ours, False), "transformers": make_step(hf, True)}
+        hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, foreach=True)
+        trainer = Trainer(ours, TrainConfig(micro_batch=args.batch, dtype=args.dtype, parallel="none"), DistInfo(),
+                          tmp, causal_lm_loss, count_target_tokens, lr=1e-4, log=lambda *a: None)
+        batch = Rows(data[:, :-1], data[:, 1:])
+        steps = {"qwen25": lambda: trainer.step([batch]), "transformers": hf_step}
         for step in steps.values():
             step()  # warm-up (allocations, oneDNN primitive caches)
         best = {name: float("inf") for name in steps}

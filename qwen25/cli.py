@@ -3,95 +3,46 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
+import traceback
+
+from qwen25.argtypes import float_in, nonnegative_int, positive_float, positive_int, unit_interval
+
+# Errors a user can cause and fix (bad arguments, files, recipes, data): one line, exit 2. Anything else is a
+# bug in qwen25 and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+               FileExistsError, UnicodeError)
 
 
-def _human(n: int) -> str:
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (`qwen25 generate: error: argument --max-new-tokens: ...`), exit 2."""
+
+    def error(self, message: str) -> None:
+        sys.stderr.write(f"{self.prog}: error: {' '.join(message.split())}\n")
+        sys.exit(2)
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from pathlib import Path
+    from qwen25.model import describe_model
 
-    from qwen25.model import ModelConfig, build_model, count_activated_parameters, count_parameters, get_preset
-
-    if Path(args.model).exists():
-        cfg = ModelConfig.from_file(args.model)
-    else:
-        cfg, _ = get_preset(args.model)
-    model = build_model(cfg, device="meta")
-    total, non_embedding = count_parameters(model)
-    print(args.model)
-    print(f"  total parameters:         {total:>15,} ({_human(total)})")
-    print(f"  non-embedding parameters: {non_embedding:>15,} ({_human(non_embedding)})")
-    if cfg.is_moe:
-        activated = count_activated_parameters(model)
-        print(f"  activated parameters:     {activated:>15,} ({_human(activated)}) per token")
-    print(f"  layers {cfg.num_hidden_layers}, hidden {cfg.hidden_size}, intermediate {cfg.intermediate_size}, "
-          f"heads {cfg.num_attention_heads}/{cfg.num_key_value_heads} kv, head_dim {cfg.kv_head_dim}, "
-          f"vocab {cfg.vocab_size}, tied embeddings {'yes' if cfg.tie_word_embeddings else 'no'}")
-    print(f"  max positions {cfg.max_position_embeddings}, rope_theta {cfg.rope_theta:g}, "
-          f"rms_norm_eps {cfg.rms_norm_eps:g}, eos {cfg.eos_token_id}, dtype {cfg.dtype}")
-    if cfg.is_moe:
-        sparse = sum(cfg.is_moe_layer(i) for i in range(cfg.num_hidden_layers))
-        print(f"  experts {cfg.num_experts}, {cfg.num_experts_per_tok} per token, moe intermediate "
-              f"{cfg.moe_intermediate_size}, shared expert intermediate {cfg.shared_expert_intermediate_size}, "
-              f"norm_topk_prob {str(cfg.norm_topk_prob).lower()}, {sparse}/{cfg.num_hidden_layers} layers sparse, "
-              f"aux loss coef {cfg.router_aux_loss_coef:g}")
-
-
-def _parse_ids(text: str) -> list[int] | None:
-    parts = text.replace(",", " ").split()
-    if parts and all(p.isdigit() for p in parts):
-        return [int(p) for p in parts]
-    return None
+    print(describe_model(args.model))
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from pathlib import Path
+    from qwen25.inference.commands import generate_command
 
-    from qwen25.generation import SamplingParams, stream
-    from qwen25.loading import load_model, resolve_model
-    from qwen25.tokenizer import load_tokenizer
+    generate_command(model=args.model, prompt=args.prompt, prompt_ids=args.prompt_ids, tokenizer=args.tokenizer, chat=args.chat,
+                     print_ids=args.ids, dtype=args.dtype, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                     do_sample=True if args.sample else (False if args.greedy else None),
+                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                     repetition_penalty=args.repetition_penalty)
 
-    model_ref = resolve_model(args.model)
-    model = load_model(model_ref, dtype=args.dtype).eval()
-    tok = None
-    if args.tokenizer:
-        tok = load_tokenizer(args.tokenizer)
-    elif (Path(model_ref) / "tokenizer.json").is_file():
-        tok = load_tokenizer(model_ref)
-    prompt = _parse_ids(args.prompt) if not args.chat else None
-    if prompt is None:
-        if tok is None:
-            raise SystemExit("error: a text prompt needs a tokenizer: the model directory has no tokenizer.json; "
-                             "pass --tokenizer DIR (or 'qwen2.5'), or give token ids")
-        if args.chat:
-            prompt, _ = tok.encode_chat([{"role": "user", "content": args.prompt}], add_generation_prompt=True)
-        else:
-            prompt = tok.encode_ordinary(args.prompt)
-    if any(not 0 <= t < model.config.vocab_size for t in prompt):
-        raise SystemExit(f"error: --prompt has ids outside the vocabulary of {model.config.vocab_size}")
-    params = SamplingParams.from_generation_config(
-        model.generation_config, max_new_tokens=args.max_new_tokens, seed=args.seed,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        do_sample=True if args.sample else (False if args.greedy else None),
-    )
-    if tok is None or args.ids:
-        for token in stream(model, prompt, params):
-            print(token, end=" ", flush=True)
-        print()
-        return
-    generated: list[int] = []
-    shown = ""
-    for token in stream(model, prompt, params):
-        generated.append(token)
-        text = tok.decode(generated)
-        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            print(text[len(shown):], end="", flush=True)
-            shown = text
-    print()
+
+def cmd_kernels(args: argparse.Namespace) -> None:
+    from qwen25.inference.commands import kernels_command
+
+    kernels_command(model=args.model, dtype=args.dtype, remeasure=args.remeasure)
 
 
 def cmd_tokenizer_build_qwen(args: argparse.Namespace) -> None:
@@ -128,10 +79,11 @@ def _nfc(text: str) -> str:
 
 
 def cmd_tokenizer_encode(args: argparse.Namespace) -> None:
+    from qwen25.io import read_text_file
     from qwen25.tokenizer import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
-    text = args.text if args.text is not None else open(args.file, encoding="utf-8").read()
+    text = args.text if args.text is not None else read_text_file(args.file)
     ids = tok.encode_ordinary(text) if args.ordinary else tok.encode(text)
     print(" ".join(map(str, ids)))
 
@@ -153,8 +105,14 @@ def cmd_pretrain_run(args: argparse.Namespace) -> None:
 def cmd_pretrain_export(args: argparse.Namespace) -> None:
     from qwen25.pretraining.export import export_checkpoint
 
-    out = export_checkpoint(args.checkpoint, args.out, args.tokenizer)
+    out = export_checkpoint(args.checkpoint, args.out, args.tokenizer, overwrite=args.overwrite)
     print(f"wrote {out}")
+
+
+def cmd_pipeline_run(args: argparse.Namespace) -> None:
+    from qwen25.pipeline import run_all
+
+    run_all(args.pretrain_recipe, args.sft_recipe, fresh=args.fresh)
 
 
 def cmd_sft_run(args: argparse.Namespace) -> None:
@@ -217,17 +175,17 @@ def _long_context_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--rope", choices=ROPE_CHOICES, default="config",
                    help="RoPE variant (default: as config.json says)")
-    p.add_argument("--yarn-factor", type=float, help="static YaRN factor (when config.json has none)")
-    p.add_argument("--original-max-positions", type=int,
+    p.add_argument("--yarn-factor", type=float_in(1.0), help="static YaRN factor (when config.json has none)")
+    p.add_argument("--original-max-positions", type=positive_int,
                    help="trained length for YaRN and for dual chunk attention's logit scaling")
     p.add_argument("--attention", choices=ATTENTION_CHOICES, default="config",
                    help="attention for long inputs (default: dual chunk if config.json has it, else dense)")
-    p.add_argument("--chunk-size", type=int, help="dual chunk attention chunk_size instead of config.json's")
-    p.add_argument("--local-size", type=int, help="dual chunk attention local_size (default chunk_size / 8)")
+    p.add_argument("--chunk-size", type=positive_int, help="dual chunk attention chunk_size instead of config.json's")
+    p.add_argument("--local-size", type=positive_int, help="dual chunk attention local_size (default chunk_size / 8)")
     p.add_argument("--sparse-patterns", help="per-head sparse budgets, a JSON file in MInference's format")
-    p.add_argument("--sparse-threshold", type=int,
+    p.add_argument("--sparse-threshold", type=nonnegative_int,
                    help=f"prompt length above which prefill is sparse ({SparseConfig.threshold})")
-    p.add_argument("--prefill-chunk", type=int, help="feed prompts this many tokens per forward")
+    p.add_argument("--prefill-chunk", type=positive_int, help="feed prompts this many tokens per forward")
 
 
 # ---- GGUF conversion and the offline model cache (qwen25.inference) --------------------------------
@@ -291,6 +249,82 @@ def _add_inference_verbs(sub) -> None:
     p = models.add_parser("list", help="known model names and whether they are cached")
     p.set_defaults(func=cmd_models_list)
 
+# ---- post-training data: query sets, rejection sampling into SFT records and preference pairs ----------------
+
+def cmd_data_queries(args: argparse.Namespace) -> None:
+    from qwen25.data.queries import build_queries, write_queries
+
+    counts = {family: n for family, n in (("math", args.math), ("code", args.code),
+                                          ("instructions", args.instructions), ("structured", args.structured),
+                                          ("logic", args.logic)) if n}
+    queries = build_queries(counts, args.seed)
+    write_queries(queries, args.out)
+    print(f"wrote {len(queries)} queries to {args.out}")
+
+
+def cmd_data_curate(args: argparse.Namespace) -> None:
+    from qwen25.data.curation import curate
+    from qwen25.data.generators import ModelGenerator
+
+    generator = ModelGenerator.load(args.model, args.tokenizer, args.dtype, max_new_tokens=args.max_new_tokens,
+                                    temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    print(curate(args.queries, generator, args.out, args.k, args.seed, args.sft_per_query, args.pairs_per_query,
+                 args.workers))
+    print(f"{args.out}/{'sft.jsonl' if args.action == 'sft-build' else 'pairs.jsonl'} written (samples in "
+          f"{args.out}/samples.jsonl, table in {args.out}/summary.md)")
+
+
+def cmd_data_autoif(args: argparse.Namespace) -> None:
+    from qwen25.data.autoif import autoif_queries
+    from qwen25.data.generators import ModelGenerator
+    from qwen25.data.queries import write_queries
+
+    generator = ModelGenerator.load(args.model, args.tokenizer, args.dtype, max_new_tokens=args.max_new_tokens)
+    queries, outcomes = autoif_queries(generator, args.prompts, args.k, args.seed)
+    write_queries(queries, args.out)
+    print(f"wrote {len(queries)} queries with model-written verifiers to {args.out}; "
+          + ", ".join(f"{why}: {n}" for why, n in sorted(outcomes.items())))
+
+
+def _add_curation_verbs(data) -> None:
+    from qwen25.data.queries import FAMILIES
+
+    p = data.add_parser("queries", help=f"build a query set from the project's own generators ({', '.join(FAMILIES)})")
+    p.add_argument("--out", required=True, help="JSONL file to write")
+    for family in FAMILIES:
+        p.add_argument(f"--{family}", type=nonnegative_int, default=0, help=f"number of {family} queries")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data_queries)
+    p = data.add_parser("autoif", help="queries whose verification code a model writes (kept only when it passes "
+                        "its own tests in the sandbox)")
+    p.add_argument("--model", required=True, help="qwen25/HF model directory")
+    p.add_argument("--tokenizer", help="tokenizer directory or 'qwen2.5' (default: the model directory's)")
+    p.add_argument("--out", required=True, help="JSONL query file to write")
+    p.add_argument("--prompts", type=positive_int, default=50, help="requests for a verifier")
+    p.add_argument("--k", type=positive_int, default=4, help="samples per request")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=positive_int, default=768)
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.set_defaults(func=cmd_data_autoif)
+    for verb, what in (("sft-build", "SFT records (verified responses)"),
+                       ("pairs", "preference pairs (a passing and a failing response)")):
+        p = data.add_parser(verb, help=f"sample k responses per query, verify them, write {what}; resumable")
+        p.add_argument("--queries", required=True, help="JSONL from 'qwen25 data queries'")
+        p.add_argument("--model", required=True, help="qwen25/HF model directory")
+        p.add_argument("--tokenizer", help="tokenizer directory or 'qwen2.5' (default: the model directory's)")
+        p.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+        p.add_argument("--k", type=positive_int, default=4, help="responses per query")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--max-new-tokens", type=positive_int, default=512)
+        p.add_argument("--temperature", type=float_in(0.0))
+        p.add_argument("--top-p", type=float_in(0.0, 1.0, low_open=True))
+        p.add_argument("--top-k", type=nonnegative_int)
+        p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+        p.add_argument("--sft-per-query", type=positive_int, default=1, help="verified responses kept per query")
+        p.add_argument("--pairs-per-query", type=positive_int, default=1)
+        p.add_argument("--workers", type=positive_int, help="parallel verifications (default: CPU count)")
+        p.set_defaults(func=cmd_data_curate)
+
 
 # ---- weight-only quantization (qwen25.inference.quantize) ------------------------------------------------------
 
@@ -318,7 +352,7 @@ def _add_quantize_verb(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qwen25", description=__doc__)
+    parser = ArgumentParser(prog="qwen25", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
 
     p = sub.add_parser("info", help="parameter counts and shape of a preset or checkpoint directory")
@@ -327,21 +361,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate from a preset (random weights) or a checkpoint directory")
     p.add_argument("--model", required=True, help="preset name, HF model directory or fetched model name")
-    p.add_argument("--prompt", required=True, help="text (needs a tokenizer) or token ids, space separated")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="the prompt as text (needs a tokenizer)")
+    src.add_argument("--prompt-ids", metavar="IDS", help="the prompt as token ids, e.g. '9707 1879 11'")
     p.add_argument("--tokenizer", help="tokenizer directory or 'qwen2.5' (default: the model directory's)")
-    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn in the chat template")
+    p.add_argument("--chat", action="store_true", help="wrap the --prompt text as a user turn in the chat template")
     p.add_argument("--ids", action="store_true", help="print token ids instead of text")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--greedy", action="store_true", help="greedy decoding (overrides generation_config)")
     mode.add_argument("--sample", action="store_true", help="sampling (overrides generation_config)")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--repetition-penalty", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--temperature", type=float_in(0.0, None))
+    p.add_argument("--top-k", type=nonnegative_int, help="0 = no top-k")
+    p.add_argument("--top-p", type=unit_interval)
+    p.add_argument("--min-p", type=unit_interval)
+    p.add_argument("--repetition-penalty", type=positive_float)
+    p.add_argument("--seed", type=nonnegative_int)
     p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("kernels", help="decode matmul kernels chosen for a model on this machine (measured once)")
+    p.add_argument("--model", required=True, help="preset name, HF model directory or fetched model name")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.add_argument("--remeasure", action="store_true", help="measure again (on a quiet machine) and cache it")
+    p.set_defaults(func=cmd_kernels)
 
     tok = sub.add_parser("tokenizer", help="build, train and use tokenizers").add_subparsers(dest="action", required=True)
     p = tok.add_parser("build-qwen", help="build the official Qwen2.5 tokenizer offline from qwen.tiktoken")
@@ -351,11 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tokenizer_build_qwen)
     p = tok.add_parser("train", help="train a byte-level BPE tokenizer of the Qwen2.5 design")
     p.add_argument("inputs", nargs="+", help="text files (one document each) or .jsonl files")
-    p.add_argument("--vocab-size", type=int, required=True, help="total size, the 22 control tokens included")
+    p.add_argument("--vocab-size", type=positive_int, required=True, help="total size, the 22 control tokens included")
     p.add_argument("--out", required=True)
     p.add_argument("--heldout", nargs="*", help="held-out files: report round trip and bytes per token")
     p.add_argument("--jsonl-field", default="text")
-    p.add_argument("--min-frequency", type=int, default=2)
+    p.add_argument("--min-frequency", type=positive_int, default=2)
     p.set_defaults(func=cmd_tokenizer_train)
     p = tok.add_parser("encode", help="print token ids")
     p.add_argument("--tokenizer", default="qwen2.5", help="'qwen2.5' or a tokenizer directory")
@@ -379,7 +421,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="e.g. runs/tiny/checkpoints/step-00000691")
     p.add_argument("--out", required=True)
     p.add_argument("--tokenizer", help="tokenizer to copy beside the model (default: the run's)")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of a non-empty --out directory")
     p.set_defaults(func=cmd_pretrain_export)
+
+    pipe = sub.add_parser("pipeline", help="every stage end to end (what `make run` runs)").add_subparsers(
+        dest="action", required=True)
+    p = pipe.add_parser("run", help="pretraining -> SFT -> one report (runs/tiny/report.md)")
+    p.add_argument("--pretrain-recipe", default="recipes/tiny.toml")
+    p.add_argument("--sft-recipe", default="recipes/sft-tiny.toml")
+    p.add_argument("--fresh", action="store_true", help="start over (prepared data is kept)")
+    p.set_defaults(func=cmd_pipeline_run)
 
     sft = sub.add_parser("sft", help="supervised fine-tuning on chat conversations").add_subparsers(
         dest="action", required=True)
@@ -396,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("fetch", help="download the pinned source archives once (setup step)")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_data_fetch)
+    _add_curation_verbs(data)
 
 
     p = sub.add_parser("eval", help="evaluations")
@@ -404,9 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="HF model directory with tokenizer.json")
     p.add_argument("--tasks", default="passkey", help="comma separated: passkey, niah_single, niah_multikey, "
                    "niah_multivalue, variable_tracking, common_words, frequent_words")
-    p.add_argument("--lengths", type=int, nargs="+", default=[4096], help="prompt lengths in tokens")
-    p.add_argument("--depths", type=float, nargs="+", default=[0.5], help="needle depths in [0, 1]")
-    p.add_argument("--samples", type=int, default=5, help="prompts per task, length and depth")
+    p.add_argument("--lengths", type=positive_int, nargs="+", default=[4096], help="prompt lengths in tokens")
+    p.add_argument("--depths", type=unit_interval, nargs="+", default=[0.5], help="needle depths in [0, 1]")
+    p.add_argument("--samples", type=positive_int, default=5, help="prompts per task, length and depth")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     p.add_argument("--verbose", action="store_true", help="print every answer to stderr")
@@ -426,13 +478,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _undecodable_argument(args: argparse.Namespace) -> str | None:
+    """The flag whose value is not valid UTF-8 (the shell passed bytes Python could only keep as surrogates)."""
+    for name, value in vars(args).items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return "--" + name.replace("_", "-")
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    """Run one verb. User errors: one line on stderr, exit 2. Ctrl-C: one line, exit 130. Anything else is a bug:
+    its traceback and a request to report it, exit 1."""
     try:
+        args = build_parser().parse_args(argv)
+        bad = _undecodable_argument(args)
+        if bad:
+            print(f"error: {bad} is not valid UTF-8 text", file=sys.stderr)
+            raise SystemExit(2)
         args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("\ninterrupted (what was complete has been written)", file=sys.stderr)
+        raise SystemExit(130) from None
+    except BrokenPipeError:
+        raise SystemExit(0) from None  # `qwen25 ... | head`: the reader went away
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"error: disk full: {' '.join(str(e.strerror or e).split())}", file=sys.stderr)
+            raise SystemExit(2) from None
+        if isinstance(e, USER_ERRORS):
+            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
+    except USER_ERRORS as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         raise SystemExit(2) from None
+    except SystemExit:
+        raise
+    except Exception:
+        traceback.print_exc()
+        print("internal error: this is a bug in qwen25, not in your input; please report it with the command "
+              "line and the traceback above", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

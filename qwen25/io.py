@@ -62,6 +62,13 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
             shutil.rmtree(staging)
 
 
+def refuse_overwrite(out: str | Path, overwrite: bool, flag: str = "--overwrite") -> None:
+    """Outputs never replace a non-empty directory (perhaps another model's) unless the user says so."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out}: already exists and is not empty; choose a new directory or replace it ({flag})")
+
+
 def atomic_write_bytes(target: str | Path, data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
@@ -94,6 +101,15 @@ def pip_download(requirement: str, dest: str | Path, quiet: bool = False) -> Non
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
            "--disable-pip-version-check", "-d", str(dest), requirement]
     subprocess.run(cmd + (["-q"] if quiet else []), check=True)
+
+
+def read_text_file(path: str | Path) -> str:
+    """A UTF-8 text file; a file that is not UTF-8 is an error naming it and the byte offset."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def cache_dir() -> Path:

@@ -10,6 +10,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# Decode kernels: F.linear everywhere, so results never depend on a timing; tests/test_kernels.py measures.
+os.environ.setdefault("QWEN25_KERNELS", "linear")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

@@ -21,7 +21,7 @@ def test_info_7b_and_05b():
 def test_generate_from_checkpoint_directory(tmp_path):
     cfg, _ = get_preset("qwen25-tiny")
     build_model(cfg, seed=0).save_pretrained(tmp_path)
-    out = run("generate", "--model", str(tmp_path), "--prompt", "1 2 3", "--max-new-tokens", "6", "--greedy")
+    out = run("generate", "--model", str(tmp_path), "--prompt-ids", "1 2 3", "--max-new-tokens", "6", "--greedy")
     assert out.returncode == 0, out.stderr
     tokens = [int(t) for t in out.stdout.split()]
     assert len(tokens) == 6 and all(0 <= t < cfg.vocab_size for t in tokens)
@@ -32,7 +32,7 @@ def test_generate_from_checkpoint_directory(tmp_path):
 def test_bad_model_is_a_clear_error():
     out = run("info", "qwen2.5-9b")
     assert out.returncode == 2 and "unknown preset 'qwen2.5-9b'" in out.stderr
-    out = run("generate", "--model", "qwen25-tiny", "--prompt", "1 99999")
+    out = run("generate", "--model", "qwen25-tiny", "--prompt-ids", "1 99999")
     assert out.returncode != 0 and "outside the vocabulary" in out.stderr
 
 
@@ -43,3 +43,14 @@ def test_info_moe_total_and_activated():
     assert "activated parameters:       2,689,173,504 (2.69B)" in out.stdout
     out = run("info", "qwen2-57b-a14b")
     assert "(57.41B)" in out.stdout and "activated parameters:      14,249,270,784 (14.25B)" in out.stdout
+
+
+def test_generate_refuses_or_clamps_past_the_models_positions(tmp_path):
+    cfg, _ = get_preset("qwen25-tiny")
+    cfg.max_position_embeddings = 8
+    build_model(cfg, seed=0).save_pretrained(tmp_path)
+    out = run("generate", "--model", str(tmp_path), "--prompt-ids", "1 2 3 4 5 6 7 8", "--greedy")
+    assert out.returncode == 2 and "8 positions" in out.stderr and len(out.stderr.splitlines()) == 1
+    out = run("generate", "--model", str(tmp_path), "--prompt-ids", "1 2 3 4 5", "--max-new-tokens", "10", "--greedy")
+    assert out.returncode == 0, out.stderr
+    assert "clamped to 3" in out.stderr and len(out.stdout.split()) == 3

@@ -1,10 +1,11 @@
-"""KV-cache decoding, greedy parity with transformers' generate, padding invariance, sampling controls."""
+"""KV-cache decoding, greedy parity with transformers' generate, batch invariance, sampling controls."""
 
 import pytest
 import torch
 
 import qwen25
-from qwen25.generation import SamplingParams, decode_steps, generate, process_logits, stream
+from qwen25.generation import SamplingParams, generate, stream
+from qwen25.inference.sampling import apply_penalties, apply_warpers
 from qwen25.model import KVCache
 from tests.conftest import hf_qwen2
 
@@ -65,13 +66,26 @@ def test_chunked_prefill_with_cache_equals_full_forward(default_init_model):
     assert (full - torch.cat(chunks, dim=1)).abs().max() <= 1e-5
 
 
-def test_left_padded_batch_matches_each_row_alone(pair):
+def test_batch_of_different_lengths_matches_each_row_alone(pair):
     _, ours = pair
     prompts = [[1, 2, 3], [400, 500, 600, 700, 800, 900, 10], [77], [9, 8, 7, 6, 5]]
     params = SamplingParams(max_new_tokens=20)
-    batched = generate(ours, prompts, params, pad_id=0)
+    batched = generate(ours, prompts, params)
     alone = [generate(ours, [p], params)[0] for p in prompts]
     assert batched == alone
+
+
+def test_left_padded_forward_matches_each_row_alone(pair):
+    """The model's own padding path (attention_mask), which batched scoring and training use."""
+    _, ours = pair
+    prompts = [[1, 2, 3], [400, 500, 600, 700, 800]]
+    ids = torch.tensor([[0, 0] + prompts[0], prompts[1]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        padded = ours(ids, attention_mask=mask).logits
+        for row, prompt in enumerate(prompts):
+            alone = ours(torch.tensor([prompt])).logits[0]
+            assert (padded[row, -len(prompt):] - alone).abs().max() <= 1e-5
 
 
 def test_stop_ids_end_each_row(pair):
@@ -99,6 +113,7 @@ def test_sampling_is_seeded_and_topk1_is_greedy(pair):
 
 def test_logits_processing_matches_transformers():
     from transformers.generation.logits_process import (
+        MinPLogitsWarper,
         RepetitionPenaltyLogitsProcessor,
         TemperatureLogitsWarper,
         TopKLogitsWarper,
@@ -109,14 +124,39 @@ def test_logits_processing_matches_transformers():
     scores = torch.randn(4, 300, generator=g) * 3
     history = torch.randint(0, 300, (4, 25), generator=g)
     seen = torch.zeros(4, 300, dtype=torch.bool).scatter_(1, history, True)
-    p = SamplingParams(do_sample=True, temperature=0.7, top_k=40, top_p=0.8, repetition_penalty=1.3)
-    ref = RepetitionPenaltyLogitsProcessor(1.3)(history, scores.clone())
-    for warper in (TemperatureLogitsWarper(0.7), TopKLogitsWarper(40), TopPLogitsWarper(0.8)):
-        ref = warper(history, ref)
-    ours = process_logits(scores.clone(), seen, p)
-    assert torch.equal(torch.isinf(ref), torch.isinf(ours))
-    finite = ~torch.isinf(ref)
-    assert torch.allclose(ref[finite], ours[finite], atol=1e-6)
+    for p, warpers in [
+        (SamplingParams(do_sample=True, temperature=0.7, top_k=40, top_p=0.8, repetition_penalty=1.3),
+         (TemperatureLogitsWarper(0.7), TopKLogitsWarper(40), TopPLogitsWarper(0.8))),
+        (SamplingParams(do_sample=True, temperature=1.3, min_p=0.05, repetition_penalty=1.3),
+         (TemperatureLogitsWarper(1.3), MinPLogitsWarper(0.05))),
+    ]:
+        ref = RepetitionPenaltyLogitsProcessor(1.3)(history, scores.clone())
+        for warper in warpers:
+            ref = warper(history, ref)
+        ours = apply_warpers(apply_penalties(scores.clone(), p, seen, None), [p] * 4)
+        assert torch.equal(torch.isinf(ref), torch.isinf(ours))
+        finite = ~torch.isinf(ref)
+        assert torch.allclose(ref[finite], ours[finite], atol=1e-6)
+
+
+def test_each_row_is_warped_with_its_own_params():
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randn(3, 200, generator=g) * 3
+    params = [SamplingParams(do_sample=True, top_k=5), SamplingParams(), SamplingParams(do_sample=True, top_p=0.5,
+                                                                                         temperature=0.5)]
+    together = apply_warpers(scores, params)
+    for row, p in enumerate(params):
+        assert torch.equal(together[row], apply_warpers(scores[row:row + 1], [p])[0])
+    assert int(torch.isfinite(together[0]).sum()) == 5
+    assert torch.equal(together[1], scores[1])  # greedy rows are left alone
+
+
+def test_presence_and_frequency_penalties_follow_openai():
+    scores = torch.zeros(1, 6)
+    counts = torch.tensor([[0.0, 1.0, 3.0, 0.0, 0.0, 0.0]])
+    p = SamplingParams(presence_penalty=0.5, frequency_penalty=0.25)
+    out = apply_penalties(scores, p, None, counts)
+    assert out.tolist() == [[0.0, -0.75, -1.25, 0.0, 0.0, 0.0]]
 
 
 def test_repetition_penalty_changes_greedy_path(pair):
@@ -128,19 +168,20 @@ def test_repetition_penalty_changes_greedy_path(pair):
     assert len(set(penalised[0])) >= len(set(plain[0]))
 
 
-def test_finished_rows_emit_padding_until_all_stop(pair):
-    _, ours = pair
-    free = generate(ours, [[1, 2, 3]], SamplingParams(max_new_tokens=3))[0]
-    steps = list(decode_steps(ours, [[1, 2, 3], [4, 5, 6]], SamplingParams(max_new_tokens=6, stop_token_ids=[free[0]]),
-                              pad_id=0))
-    first_row = [int(s[0]) for s in steps]
-    assert first_row[0] == free[0] and all(t == 0 for t in first_row[1:])
-
-
 def test_bad_sampling_params_are_rejected():
     with pytest.raises(ValueError, match="top_p"):
         SamplingParams(top_p=0)
     with pytest.raises(ValueError, match="temperature"):
         SamplingParams(do_sample=True, temperature=0)
+    with pytest.raises(ValueError, match="min_p"):
+        SamplingParams(min_p=1.5)
+    with pytest.raises(ValueError, match="n must be"):
+        SamplingParams(n=0)
+    with pytest.raises(ValueError, match="stop strings"):
+        SamplingParams(stop=[""])
+
+
+def test_empty_prompt_is_rejected(pair):
+    _, ours = pair
     with pytest.raises(ValueError, match="at least one token"):
-        generate(None, [[]])
+        generate(ours, [[]])

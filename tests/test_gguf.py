@@ -114,7 +114,7 @@ def test_existing_output_directory_is_not_overwritten_silently(tmp_path, tokeniz
     write_gguf(path, random_hf(False), tokenizer, Q.F16)
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "keep.txt").write_text("mine")
-    with pytest.raises(ValueError, match="already exists"):
+    with pytest.raises(FileExistsError, match="already exists"):
         convert_gguf(path, tmp_path / "hf")
     convert_gguf(path, tmp_path / "hf", overwrite=True)
     assert not (tmp_path / "hf" / "keep.txt").exists() and (tmp_path / "hf" / "config.json").is_file()

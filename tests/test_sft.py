@@ -198,3 +198,6 @@ batch = 2
     changed = [n for n, p in loaded.named_parameters() if not torch.equal(p, dict(start.named_parameters())[n])]
     assert changed  # fine-tuned, and loadable by transformers unchanged
     assert json.loads((exported / "generation_config.json").read_text())["eos_token_id"] == [151645, 151643]
+    write_jsonl(data, CONVERSATIONS * 3)  # the data changed: resuming would train on other rows
+    out = run_cli("sft", "run", "--recipe", str(recipe), "--resume", env=env)
+    assert out.returncode == 2 and "changed since the checkpoint" in out.stderr, out.stderr[-2000:]

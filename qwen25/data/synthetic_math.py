@@ -13,6 +13,7 @@ from dataclasses import dataclass
 class Problem:
     question: str
     answer: int
+    working: str = ""  # the computation that gives the answer, e.g. "12 + 7 = 19" (for worked SFT answers)
 
     def text(self, zh: bool) -> str:
         return f"{self.question}\n{'答案' if zh else 'Answer'}: {self.answer}"
@@ -24,7 +25,7 @@ def arithmetic(rng: random.Random) -> Problem:
     if op == "*":
         b = rng.randint(2, 99)
     answer = a + b if op == "+" else a - b if op == "-" else a * b
-    return Problem(f"{a} {op} {b} =", answer)
+    return Problem(f"{a} {op} {b} =", answer, f"{a} {op} {b} = {answer}")
 
 
 _NAMES = ["Alice", "Bob", "Chen", "Dana", "Emil", "Fatima", "Gao", "Hiro"]
@@ -41,20 +42,20 @@ def word_problem(rng: random.Random, zh: bool) -> Problem:
     if kind == 0:
         q = (f"{name}有{a}个{item}，又买了{b}个。{name}现在一共有多少个？" if zh else
              f"{name} has {a} {item} and buys {b} more. How many {item} does {name} have now?")
-        return Problem(q, a + b)
+        return Problem(q, a + b, f"{a} + {b} = {a + b}")
     if kind == 1:
         a = a + b
         q = (f"{name}有{a}个{item}，送给朋友{b}个。还剩多少个？" if zh else
              f"{name} has {a} {item} and gives away {b}. How many are left?")
-        return Problem(q, a - b)
+        return Problem(q, a - b, f"{a} - {b} = {a - b}")
     if kind == 2:
         q = (f"每个盒子装{a}个{item}，{name}有{c}个盒子。一共有多少个？" if zh else
              f"Each box holds {a} {item}. {name} has {c} boxes. How many {item} are there in total?")
-        return Problem(q, a * c)
+        return Problem(q, a * c, f"{a} * {c} = {a * c}")
     total = a * c
     q = (f"{name}把{total}个{item}平均分给{c}个人。每人得到多少个？" if zh else
          f"{name} shares {total} {item} equally among {c} friends. How many does each friend get?")
-    return Problem(q, a)
+    return Problem(q, a, f"{total} / {c} = {a}")
 
 
 def math_documents(n_docs: int, seed: int, problems_per_doc: int = 12) -> Iterator[str]:

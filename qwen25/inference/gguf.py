@@ -33,7 +33,7 @@ from gguf import quants
 from gguf.gguf_reader import ReaderTensor
 from safetensors import safe_open
 
-from qwen25.io import atomic_directory, atomic_path, atomic_write_text
+from qwen25.io import atomic_directory, atomic_path, atomic_write_text, refuse_overwrite
 from qwen25.model.checkpoint import INDEX_FILE, SINGLE_FILE, to_hf_tensors, weight_files
 from qwen25.model.config import ConfigError, ModelConfig
 from qwen25.model.config import torch_dtype
@@ -309,9 +309,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "bfloa
     """GGUF file -> HF model directory (written to a temp directory, then renamed into place)."""
     path, out = Path(gguf_path), Path(out_dir)
     torch_dtype(dtype)  # an unknown dtype fails before any work
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ValueError(f"{out}: already exists and is not empty; choose a new directory or replace it "
-                         "(--force)")
+    refuse_overwrite(out, overwrite, "--force")
     reader = open_gguf(path)
     cfg = read_config(reader, path, dtype)
     tok = read_tokenizer(reader, path, cfg.max_position_embeddings)

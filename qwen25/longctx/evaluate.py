@@ -1,7 +1,7 @@
 """Run the passkey and RULER-style tasks through a model and report accuracy by length (and by depth).
 
-Generation is greedy with a KV cache, one prompt at a time, with the prompt optionally prefilled in chunks;
-whatever long-context setup `configure` chose (YaRN, dual chunk, sparse) applies unchanged.
+Generation is greedy through the inference engine, one prompt at a time, with the prompt optionally prefilled
+in chunks; whatever long-context setup `configure` chose (YaRN, dual chunk, sparse) applies unchanged.
 """
 
 from __future__ import annotations
@@ -12,26 +12,17 @@ from dataclasses import dataclass
 
 import torch
 
-from qwen25.longctx.chunked import prefill
+from qwen25.inference.engine import Engine
+from qwen25.inference.sampling import SamplingParams
 from qwen25.longctx.tasks import Tokenizer, make_sample, score
-from qwen25.model.kv_cache import KVCache
 
 
-@torch.inference_mode()
 def greedy(model: torch.nn.Module, ids: Sequence[int], max_new_tokens: int, prefill_chunk: int | None = None,
            stop_ids: Sequence[int] = ()) -> list[int]:
-    """Greedy continuation of one prompt (a stop id, when produced, ends it and is included)."""
-    device = next(model.parameters()).device
-    cache = KVCache.for_model(model, 1, len(ids) + max_new_tokens)
-    logits = prefill(model, torch.tensor([list(ids)], device=device), cache, prefill_chunk)
-    out: list[int] = []
-    for _ in range(max_new_tokens):
-        token = int(logits[0].argmax())
-        out.append(token)
-        if token in stop_ids or len(out) == max_new_tokens:
-            break
-        logits = model(torch.tensor([[token]], device=device), cache=cache).logits[:, -1]
-    return out
+    """Greedy continuation of one prompt (a stop id, when produced, ends it and is included), through the
+    inference engine: the prompt prefilled `prefill_chunk` tokens per forward (None: at once)."""
+    params = SamplingParams(max_new_tokens=max_new_tokens, stop_token_ids=list(stop_ids))
+    return Engine(model, max_batch=1, prefill_chunk=prefill_chunk).generate([ids], params)[0].completions[0].token_ids
 
 
 @dataclass(frozen=True)

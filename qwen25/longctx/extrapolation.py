@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from qwen25.argtypes import int_at_least, positive_float, positive_int
 from qwen25.generation import SamplingParams, generate
 from qwen25.longctx.configure import configure
 from qwen25.longctx.sparse import SparseConfig
@@ -131,12 +132,12 @@ def run(length: int, multiples: list[int], steps: int, batch: int, lr: float, sa
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--length", type=int, default=128, help="training length L (tokens)")
-    parser.add_argument("--multiples", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--samples", type=int, default=100, help="prompts per method and length")
+    parser.add_argument("--length", type=int_at_least(64), default=128, help="training length L (tokens)")
+    parser.add_argument("--multiples", type=int_at_least(1, 64), nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--steps", type=positive_int, default=600)
+    parser.add_argument("--batch", type=positive_int, default=32)
+    parser.add_argument("--lr", type=positive_float, default=3e-3)
+    parser.add_argument("--samples", type=positive_int, default=100, help="prompts per method and length")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", type=Path, help="also save the trained model here (HF format)")
 

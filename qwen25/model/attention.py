@@ -81,6 +81,15 @@ class AttentionMask:
         return cls(allowed, causal=False, past=past, padded=True)
 
 
+    @classmethod
+    def for_rows(cls, lengths: list[int], q_len: int, device: torch.device) -> AttentionMask:
+        """The mask of a ragged KV cache (`KVCache.ragged`): row b's query t sits at position lengths[b] + t and
+        sees that row's keys up to its own position; the slots after a shorter row's keys stay hidden."""
+        q_pos = torch.tensor(lengths, device=device)[:, None] + torch.arange(q_len, device=device)  # [B, T]
+        allowed = torch.arange(max(lengths) + q_len, device=device) <= q_pos[..., None]  # [B, T, S]
+        return cls(allowed[:, None], causal=False, past=max(lengths), padded=True)
+
+
 def _causal_allowed(q_len: int, past: int, device: torch.device) -> torch.Tensor:
     """[1, 1, q_len, past + q_len]: query i (at position past + i) may see keys up to its own position."""
     q_idx = torch.arange(past, past + q_len, device=device)

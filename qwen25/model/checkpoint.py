@@ -172,6 +172,8 @@ def save_pretrained(model: torch.nn.Module, directory: str | Path, dtype: torch.
         if key == "lm_head.weight" and model.config.tie_word_embeddings:
             continue
         tensor = tensor.detach()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{directory}: tensor '{key}' has non-finite values (NaN/Inf); refusing to write it")
         tensor = (tensor.to(dtype) if dtype is not None else tensor).contiguous().cpu()
         if tensor.untyped_storage().nbytes() != tensor.nbytes:  # a view into a fused or stacked matrix: own copy
             tensor = tensor.clone()

@@ -114,6 +114,10 @@ class ModelConfig:
         if self.num_attention_heads % self.num_key_value_heads:
             fail("num_attention_heads", f"({self.num_attention_heads}) is not divisible by "
                  f"num_key_value_heads ({self.num_key_value_heads})")
+        for name in ("rms_norm_eps", "rope_theta", "initializer_range", "router_aux_loss_coef"):
+            value = getattr(self, name, 0.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                fail(name, f"must be a number, got {value!r}")
         if not self.rms_norm_eps > 0:
             fail("rms_norm_eps", f"must be > 0, got {self.rms_norm_eps!r}")
         if not self.rope_theta > 1:

@@ -1,28 +1,59 @@
-"""The building blocks every decoder layer uses: linear layers with CPU decode kernels, fused projections,
-RMSNorm and the SwiGLU MLP. A leaf module: the dense model (`qwen2.py`) and the MoE block (`moe.py`) both
-import it, and it imports neither.
+"""The building blocks every decoder layer uses: linear layers with CPU decode kernels chosen by a
+per-machine plan, fused projections, RMSNorm and the SwiGLU MLP. A leaf module: the dense model (`qwen2.py`)
+and the MoE block (`moe.py`) both import it, and it imports neither.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-SKINNY_ROWS = 16  # up to this many rows, CPU matmuls stream the weight faster as W @ x.T than as x @ W.T
+DECODE_ROWS = 16  # matmuls of at most this many rows (decoding) may take a kernel the plan chose by measurement
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, with the few-row shapes of CPU decoding sent to the kernels that stream weights fastest.
+def rows_bucket(rows: int) -> int:
+    """Decode row counts as the kernel plan groups them: 1, 2, 3-4, 5-8, 9-16 -> 1, 2, 4, 8, 16."""
+    return 1 << (rows - 1).bit_length()
 
-    Decoding reads every weight once per step for one row (batch 1) or a few (batched decode), so its speed
-    is the weight read rate. On CPU, one row runs as `torch.mv` (about 1.7x the read rate of the GEMM path
-    `F.linear` takes), and 2-16 rows as `weight @ x.T` (oneDNN picks a kernel for a tall output that reads
-    the weight about 1.25x faster than for `x @ weight.T`); see docs/benchmarks.md.
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """Which kernel each few-row CPU matmul of decoding runs, chosen per machine by measurement
+    (`qwen25.inference.kernels`: the fastest kernel differs between CPUs, so nothing here assumes one).
+
+    weight_major: keys (weight dtype, rows bucket, out_features, in_features) that run `weight_major_linear`
+      instead of F.linear.
+    unfused: keys (weight dtype, rows bucket, output sizes, in_features) of fused projections (q/k/v, gate/up)
+      that run as separate matmuls instead of one.
+    The empty plan (the default, and what training sees) is F.linear and fused projections everywhere.
     """
-    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if x.device.type != "cpu" or not 0 < rows <= SKINNY_ROWS:
-        return F.linear(x, weight, bias)
+
+    weight_major: frozenset[tuple] = frozenset()
+    unfused: frozenset[tuple] = frozenset()
+
+
+_plan = KernelPlan()
+
+
+def set_kernel_plan(plan: KernelPlan) -> None:
+    """Install the process-wide kernel plan (like `torch.backends` flags: a property of the machine, not of a
+    model)."""
+    global _plan
+    _plan = plan
+
+
+def kernel_plan() -> KernelPlan:
+    return _plan
+
+
+def weight_major_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear computed weight-major: `torch.mv` for one row, `weight @ x.T` for a few. On some CPUs these
+    stream the weight faster than the GEMM path F.linear takes for few rows; on others slower (measured, not
+    assumed: `KernelPlan`)."""
+    rows = x.numel() // x.shape[-1]
     if rows == 1:
         flat = x.reshape(-1)
         y = torch.mv(weight, flat) if bias is None else torch.addmv(bias, weight, flat)
@@ -32,8 +63,25 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return y.t().contiguous().view(*x.shape[:-1], -1)  # row-major like F.linear: kernels downstream expect it
 
 
+def _decode_bucket(x: torch.Tensor) -> int | None:
+    """The rows bucket of a CPU decode-sized input, else None."""
+    if x.device.type != "cpu" or not x.shape[-1]:
+        return None
+    rows = x.numel() // x.shape[-1]
+    return rows_bucket(rows) if 0 < rows <= DECODE_ROWS else None
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear, or the weight-major kernel for the few-row shapes where the kernel plan measured it faster."""
+    if _plan.weight_major:
+        bucket = _decode_bucket(x)
+        if bucket is not None and (weight.dtype, bucket, *weight.shape) in _plan.weight_major:
+            return weight_major_linear(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
 class Linear(nn.Linear):
-    """nn.Linear whose CPU decode shapes take the faster kernels of `linear`."""
+    """nn.Linear whose CPU decode shapes take the kernels the plan chose (`linear`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
@@ -69,6 +117,12 @@ class FusedProjection:
         # The packed matrix keeps the old storage alive, so a replaced weight always has a new address.
         return self.weight is not None and self._addresses() == self._packed_at
 
+    def ensure_packed(self) -> None:
+        """Pack the weights into one matrix unless they already are (the inference path; the kernel measurement
+        times the packed matrix before the first decode)."""
+        if not self._is_packed():
+            self._pack()
+
     def _pack(self) -> None:
         # Made outside inference mode, so the Parameters never become inference tensors: a model that decodes
         # (GRPO rollouts) can be trained afterwards.
@@ -98,9 +152,16 @@ class FusedProjection:
             # Autograd (training, FSDP, compile): concatenate the weights, a small copy next to the activations,
             # so the input is cast once under autocast and one larger matmul replaces several.
             return F.linear(x, *self._concat()).split(self.sizes, dim=-1)
-        if not self._is_packed():
-            self._pack()
+        self.ensure_packed()
+        if _plan.unfused and self.plan_key(x) in _plan.unfused:
+            return tuple(linear(x, lin.weight, lin.bias) for lin in self.linears)
         return linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
+
+    def plan_key(self, x: torch.Tensor) -> tuple | None:
+        """This projection's key in `KernelPlan.unfused` for input x (None: not a decode shape)."""
+        bucket = _decode_bucket(x)
+        w = self.linears[0].weight
+        return None if bucket is None else (w.dtype, bucket, tuple(self.sizes), w.shape[1])
 
 
 class RMSNorm(nn.Module):

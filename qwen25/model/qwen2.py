@@ -63,8 +63,13 @@ class Qwen2Model(nn.Module):
         """Final hidden states [B, T, H] and the (layer index, routing) of every MoE layer."""
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
+        ragged = cache is not None and cache.ragged  # rows of their own lengths (the engine's continuous batch)
+        if ragged and (attention_mask is not None or self.attention is not None or self.rotary_emb.dynamic):
+            raise ValueError("a KV cache with rows of different lengths takes no attention_mask and needs dense "
+                             "attention with static RoPE (long-context methods need rows of one length)")
         if position_ids is None:
-            position_ids = default_position_ids(attention_mask, B, T, past, input_ids.device)
+            position_ids = (cache.positions(T) if ragged
+                            else default_position_ids(attention_mask, B, T, past, input_ids.device))
         h = self.embed_tokens(input_ids)
         factor = None
         if self.rotary_emb.dynamic:  # per-request YaRN: chosen from the prompt at prefill, kept in the cache
@@ -75,7 +80,8 @@ class Qwen2Model(nn.Module):
                     cache.rope_factor = self.rotary_emb.request_factor(cache.prompt_length or past + T)
                 factor = cache.rope_factor
         cos, sin = self.rotary_emb(position_ids, h.dtype, factor)
-        mask = AttentionMask.build(attention_mask, B, T, past, input_ids.device, segment_ids)
+        mask = (AttentionMask.for_rows(cache.lengths, T, input_ids.device) if ragged
+                else AttentionMask.build(attention_mask, B, T, past, input_ids.device, segment_ids))
         routings = []
         for i, layer in enumerate(self.layers):
             h, routing = layer(h, cos, sin, mask, cache, self.attention)

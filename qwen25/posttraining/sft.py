@@ -11,6 +11,7 @@ one trainer, with held-out assistant-token loss during training and an HF export
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ class PhaseSection:
 
 
 @dataclass
-class SFTRecipe:
+class SFTRecipe(recipe_io.StageRecipe):
     name: str = "sft"
     seed: int = 1234
     run_dir: str = ""  # default runs/<name>
@@ -62,13 +63,6 @@ class SFTRecipe:
                                                                    eval_every=50, checkpoint_every=100))
     phases: list[PhaseSection] = field(default_factory=lambda: [PhaseSection()])
     source: str = "<defaults>"
-
-    @property
-    def directory(self) -> Path:
-        return Path(self.run_dir or f"runs/{self.name}")
-
-    def to_dict(self) -> dict:
-        return recipe_io.to_dict(self)
 
     def validate(self) -> None:
         src = self.source
@@ -129,6 +123,17 @@ def load_phase_data(phase: PhaseSection, tok: QwenTokenizer, log) -> PhaseData:
     return PhaseData(train, heldout, stats)
 
 
+def data_fingerprint(data: list[PhaseData], phases: list[PhaseSection]) -> str:
+    """sha256 over every phase's encoded conversations and packing settings: a resumed run must see the same rows."""
+    h = hashlib.sha256()
+    for d, p in zip(data, phases):
+        h.update(f"{p.seq_len}:{p.batch}:{p.epochs}:{len(d.train)}".encode())
+        for e in d.train:
+            h.update(e.ids.tobytes())
+            h.update(e.target.tobytes())
+    return h.hexdigest()
+
+
 class Offset:
     """A schedule over the whole run, read from one phase: step k of the phase is step offset + k of the run."""
 
@@ -173,8 +178,12 @@ def _run(recipe: SFTRecipe, info: DistInfo, resume: bool, fresh: bool, log) -> P
                                    recipe.train.micro_batch) for i, (p, d) in enumerate(zip(recipe.phases, data))]
     total = sum(s.total_steps for s in sources)
     schedule = Schedule(recipe.schedule, recipe.lr, total, recipe.warmup_steps, recipe.min_lr / recipe.lr)
+    fingerprint = data_fingerprint(data, recipe.phases)
     if resume:
-        trainer.resume()
+        state = trainer.resume()
+        if state is not None and state.get("data_fingerprint", fingerprint) != fingerprint:
+            raise ValueError(f"{out}: the SFT data or phase settings changed since the checkpoint was written; "
+                             "resuming would train on different rows (use --fresh to start over)")
     else:
         trainer.start_fresh()
     if info.main:
@@ -192,7 +201,8 @@ def _run(recipe: SFTRecipe, info: DistInfo, resume: bool, fresh: bool, log) -> P
                           info={"seq_len": p.seq_len, "rope_theta": p.rope_theta or base_theta})
             finished = trainer.fit(i, phase, evaluate=evaluate,
                                    checkpoint_extra=lambda: {"recipe": recipe.to_dict(),
-                                                             "model_config": trainer.inner.config.to_hf_dict()})
+                                                             "model_config": trainer.inner.config.to_hf_dict(),
+                                                             "data_fingerprint": fingerprint})
             export_hf(trainer.model, trainer.inner.config, tok, out / "hf" / p.name, info, gen)
             if not finished:
                 break

@@ -1,4 +1,7 @@
-"""A training checkpoint (any world size) -> a Hugging Face model directory, in one plain process."""
+"""A training checkpoint (any world size) -> a Hugging Face model directory, in one plain process.
+
+The checkpoint is verified against its manifest first, the tokenizer must belong to the model, and a non-empty
+output directory is only replaced when asked."""
 
 from __future__ import annotations
 
@@ -6,22 +9,40 @@ from pathlib import Path
 
 import torch
 
+from qwen25.io import refuse_overwrite
 from qwen25.model import ModelConfig, build_model
 from qwen25.tokenizer import QwenTokenizer, load_tokenizer
-from qwen25.training.checkpoint import TRAINER_STATE, load_checkpoint
+from qwen25.training.checkpoint import TRAINER_STATE, load_checkpoint, verify_checkpoint
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, tokenizer: str | None = None) -> Path:
+def check_tokenizer_fits(tok: QwenTokenizer, cfg: ModelConfig, where: str) -> None:
+    """A tokenizer belongs to a model when its ids fit the embedding and its end-of-text id is the model's."""
+    if tok.vocab_size > cfg.vocab_size:
+        raise ValueError(f"{where}: the tokenizer has {tok.vocab_size} tokens but the model only {cfg.vocab_size} "
+                         "embedding rows; it is not this model's tokenizer")
+    eos = set(cfg.eos_token_ids)
+    if eos and not eos & {tok.endoftext_id, tok.control_ids["<|im_end|>"]}:
+        raise ValueError(f"{where}: the model's eos_token_id {sorted(eos)} is neither <|endoftext|> "
+                         f"({tok.endoftext_id}) nor <|im_end|> ({tok.control_ids['<|im_end|>']}) of this tokenizer; "
+                         "it is not this model's tokenizer")
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, tokenizer: str | None = None,
+                      overwrite: bool = False) -> Path:
     checkpoint, out = Path(checkpoint), Path(out)
     if not (checkpoint / TRAINER_STATE).is_file():
         raise FileNotFoundError(f"{checkpoint}: not a complete training checkpoint (no {TRAINER_STATE})")
+    verify_checkpoint(checkpoint)
+    refuse_overwrite(out, overwrite)
     state = torch.load(checkpoint / TRAINER_STATE, weights_only=False)
     cfg = ModelConfig.from_hf_dict(state["model_config"], source=f"{checkpoint / TRAINER_STATE}:model_config")
-    model = build_model(cfg, device="cpu")
-    load_checkpoint(checkpoint, model, optimizer=None)
     run_dir = checkpoint.parent.parent
     tok_dir = tokenizer or state["recipe"]["tokenizer"]["path"] or run_dir / "tokenizer"
-    save_hf(model, load_tokenizer(tok_dir), out, cfg.eos_token_id)
+    tok = load_tokenizer(tok_dir)
+    check_tokenizer_fits(tok, cfg, f"--tokenizer {tok_dir}")
+    model = build_model(cfg, device="cpu")
+    load_checkpoint(checkpoint, model, optimizer=None)
+    save_hf(model, tok, out, cfg.eos_token_id)
     return out
 
 

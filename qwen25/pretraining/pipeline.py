@@ -17,9 +17,9 @@ from qwen25.data.shards import ShardSet, build_shards
 from qwen25.generation import SamplingParams, generate
 from qwen25.io import atomic_write_text
 from qwen25.model import build_model, from_pretrained
-from qwen25.pretraining.recipe import Recipe
+from qwen25.pretraining.recipe import Recipe, check_world
 from qwen25.pretraining.report import write_report
-from qwen25.pretraining.trainer import Pretrainer
+from qwen25.pretraining.trainer import Pretrainer, model_config
 from qwen25.tokenizer import QwenTokenizer, load_tokenizer
 from qwen25.tokenizer.train import bytes_per_token, train_bbpe
 from qwen25.training.checkpoint import checkpoints
@@ -124,6 +124,11 @@ def run_pipeline(recipe: Recipe, resume: bool = False, fresh: bool = False) -> P
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     try:
+        check_world(recipe, info.world)
+        # the model the recipe describes must exist before any corpus, tokenizer or shard work starts
+        planned_vocab = (load_tokenizer(recipe.tokenizer.path).vocab_size if recipe.tokenizer.path
+                         else recipe.tokenizer.vocab_size)
+        model_config(recipe, planned_vocab, planned_vocab - 22)
         if info.main:
             recipe.directory.mkdir(parents=True, exist_ok=True)
             if fresh:  # a new run in the same directory: drop its training outputs, keep the prepared data

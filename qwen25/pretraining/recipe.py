@@ -63,7 +63,7 @@ class StageSection:
 
 
 @dataclass
-class Recipe:
+class Recipe(recipe_io.StageRecipe):
     name: str = "run"
     seed: int = 1234
     run_dir: str = ""  # default runs/<name>
@@ -73,13 +73,6 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     stages: list[StageSection] = field(default_factory=lambda: [StageSection()])
     source: str = "<defaults>"
-
-    @property
-    def directory(self) -> Path:
-        return Path(self.run_dir or f"runs/{self.name}")
-
-    def to_dict(self) -> dict:
-        return recipe_io.to_dict(self)
 
     def validate(self) -> None:
         validate(self)

@@ -30,7 +30,10 @@ from qwen25.training.trainer import Phase, Trainer
 
 def model_config(recipe: Recipe, vocab_size: int, eot: int) -> ModelConfig:
     """The preset with the recipe's overrides; positions cover the longest stage unless an override says more."""
-    cfg, _ = get_preset(recipe.model.preset)
+    try:
+        cfg, _ = get_preset(recipe.model.preset)
+    except KeyError as e:
+        raise RecipeError(f"{recipe.source}: model.preset: {e.args[0]}") from None
     overrides = dict(recipe.model.overrides)
     longest = max(s.seq_len for s in recipe.stages)
     positions = overrides.pop("max_position_embeddings", longest)

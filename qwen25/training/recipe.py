@@ -129,3 +129,18 @@ def to_dict(recipe: Any) -> dict:
     out = dataclasses.asdict(recipe)
     out.pop("source", None)
     return out
+
+
+class StageRecipe:
+    """What every stage's recipe dataclass shares (it declares `name`, `run_dir` and `source` fields): where its
+    run writes, and its settings as a plain dict for checkpoints and reports."""
+
+    name: str
+    run_dir: str
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.name}")
+
+    def to_dict(self) -> dict:
+        return to_dict(self)

@@ -1,0 +1,123 @@
+"""Decode kernels chosen by measurement: the kernels agree with F.linear, the choice is measured once, cached
+per machine and shape, read back, overridable, and the model runs the plan it was given."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import qwen25
+from qwen25.inference import kernels
+from qwen25.model import layers
+from qwen25.model.layers import KernelPlan, kernel_plan, set_kernel_plan, weight_major_linear
+
+
+@pytest.fixture
+def fresh(tmp_path, monkeypatch):
+    """An empty per-machine cache, the default plan, and the plan restored afterwards."""
+    monkeypatch.setenv("QWEN25_CACHE", str(tmp_path))
+    monkeypatch.delenv("QWEN25_KERNELS", raising=False)
+    before = kernel_plan()
+    set_kernel_plan(KernelPlan())
+    yield tmp_path
+    set_kernel_plan(before)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return qwen25.load_model("qwen25-tiny", dtype="float32").eval()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16])
+def test_weight_major_kernel_equals_f_linear(rows):
+    g = torch.Generator().manual_seed(rows)
+    x, w, b = torch.randn(rows, 64, generator=g), torch.randn(96, 64, generator=g), torch.randn(96, generator=g)
+    for bias in (None, b):
+        ours = weight_major_linear(x[None], w, bias)
+        assert ours.shape == (1, rows, 96) and ours.is_contiguous()
+        assert torch.allclose(ours, F.linear(x[None], w, bias), atol=1e-5)
+
+
+def test_auto_measures_once_and_caches_per_machine_and_shape(fresh, model, monkeypatch):
+    plan = kernels.install_kernels(model)
+    entries = json.loads((fresh / "kernels.json").read_text())["entries"]
+    sites = kernels.decode_sites(model)
+    shapes = {tuple(s.weight.shape) for s in sites} | {tuple(w.shape) for s in sites for w, _ in s.parts or []}
+    for bucket in kernels.BUCKETS:
+        for out_features, in_features in shapes:
+            entry = entries[f"{kernels.machine()}|float32|rows={bucket}|shape={out_features}x{in_features}"]
+            assert entry["choice"] in ("linear", "weight-major") and set(entry["seconds"]) == {"linear", "weight-major"}
+        packed = entries[f"{kernels.machine()}|float32|rows={bucket}|packed=128+64+64x128"]
+        assert packed["choice"] in ("packed", "separate") and set(packed["seconds"]) == {"packed", "separate"}
+    assert kernels.cpu_model() in kernels.machine() and f"torch={torch.__version__}" in kernels.machine()
+    chosen = {k for k, v in entries.items() if v["choice"] == "weight-major"}
+    assert len(plan.weight_major) == len(chosen)
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured again although the cache had every shape")
+
+    monkeypatch.setattr(kernels, "measure_bucket", no_measuring)
+    set_kernel_plan(KernelPlan())
+    assert kernels.install_kernels(model) == plan
+
+
+def write_cache(directory, model, choice, packed_choice="packed"):
+    entries = {}
+    for bucket in kernels.BUCKETS:
+        shapes, packed = kernels._all_keys(kernels.decode_sites(model), torch.float32, bucket)
+        entries |= {kernels.key_text(k): {"choice": choice, "seconds": {}} for k in shapes}
+        entries |= {kernels.key_text(k): {"choice": packed_choice, "seconds": {}} for k in packed}
+    (directory / "kernels.json").write_text(json.dumps({"version": 1, "entries": entries}))
+
+
+def test_cached_choice_is_what_the_model_runs(fresh, model, monkeypatch):
+    write_cache(fresh, model, "weight-major", packed_choice="separate")
+    calls = []
+    original = layers.weight_major_linear
+    monkeypatch.setattr(layers, "weight_major_linear", lambda *a: calls.append(a[1].shape) or original(*a))
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.inference_mode():
+        expected = model(ids).logits  # 3 rows: a decode-sized shape, run by F.linear and packed projections
+        plan = kernels.install_kernels(model)
+        assert plan.weight_major and plan.unfused
+        got = model(ids).logits
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert (128, 128) in calls and (64, 128) in calls and (384, 128) in calls  # q, k/v, gate/up: separately
+    assert (256, 128) not in calls and (768, 128) not in calls  # never the packed q/k/v or gate/up matrix
+    assert (8192, 128) in calls  # the LM head
+
+
+def test_overrides_by_environment_and_argument(fresh, model, monkeypatch):
+    write_cache(fresh, model, "weight-major")
+    monkeypatch.setenv("QWEN25_KERNELS", "linear")
+    assert kernels.install_kernels(model) == KernelPlan()
+    assert kernels.install_kernels(model, "weight-major").weight_major
+    monkeypatch.setenv("QWEN25_KERNELS", "weight-major")
+    plan = kernels.install_kernels(model)
+    assert (torch.float32, 1, 8192, 128) in plan.weight_major and not plan.unfused  # the LM head too
+    monkeypatch.setenv("QWEN25_KERNELS", "fastest")
+    with pytest.raises(ValueError, match="QWEN25_KERNELS"):
+        kernels.install_kernels(model)
+
+
+def test_engine_tokens_do_not_depend_on_the_plan(model):
+    prompts = [[1, 2, 3], [7] * 9]
+    params = qwen25.SamplingParams(max_new_tokens=10)
+    before = kernel_plan()
+    try:
+        runs = [qwen25.Engine(model, kernels=mode).generate(prompts, params) for mode in kernels.MODES[1:]]
+    finally:
+        set_kernel_plan(before)
+    assert [[c.token_ids for o in run for c in o.completions] for run in runs][0] == \
+        [[c.token_ids for o in run for c in o.completions] for run in runs][1]
+
+
+def test_kernels_command_prints_the_measured_table(fresh, capsys):
+    from qwen25.inference.commands import kernels_command
+
+    kernels_command(model="qwen25-tiny", dtype="float32", remeasure=True)
+    table = capsys.readouterr().out
+    assert table.startswith(f"machine: {kernels.machine()}")
+    assert "| 1 | 8192 x 128 |" in table and "| 16 | packed 384+384 x 128 |" in table
+    assert (fresh / "kernels.json").is_file()
