@@ -342,8 +342,8 @@ def _add_quantize_verb(sub) -> None:
     p.add_argument("--model", required=True, help="HF model directory or a fetched model name")
     p.add_argument("--scheme", choices=["int8", "int4"], required=True,
                    help="int8: per output channel, symmetric; int4: groups of --group-size columns with zeros")
-    p.add_argument("--group-size", type=int, help="int4: input columns per scale and zero (32, 64, 128, 256; "
-                   "default 128)")
+    p.add_argument("--group-size", type=int, choices=[32, 64, 128, 256],  # quant_kernels.INT4_GROUP_SIZES
+                   help="int4: input columns per scale and zero (default 128)")
     p.add_argument("--lm-head", choices=["int8", "int4"],
                    help="quantize the LM head too (default: keep it in the model's dtype)")
     p.add_argument("--out", required=True, help="the quantized model directory to write")

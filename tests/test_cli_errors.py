@@ -199,6 +199,16 @@ CASES = [
     (["generate", "--model", "@model", "--prompt", "hi", "--top-k", "-2"], "--top-k"),
     (["kernels", "--model", "@missing"], "missing"),
     (["kernels", "--model", "@model", "--dtype", "int8"], "--dtype"),
+    # quantize
+    (["quantize", "--model", "@missing", "--scheme", "int8", "--out", "@q"], "missing"),
+    (["quantize", "--model", "@notjson", "--scheme", "int8", "--out", "@q"], "not valid JSON"),
+    (["quantize", "--model", "@model", "--scheme", "int3", "--out", "@q"], "--scheme"),
+    (["quantize", "--model", "@model", "--scheme", "int4", "--group-size", "48", "--out", "@q"], "--group-size"),
+    (["quantize", "--model", "@model", "--scheme", "int8", "--group-size", "64", "--out", "@q"], "--group-size 64"),
+    (["quantize", "--model", "@model", "--scheme", "int4", "--group-size", "64", "--out", "@q"], "group size 64"),
+    (["quantize", "--model", "@model", "--scheme", "int8", "--lm-head", "fp8", "--out", "@q"], "--lm-head"),
+    (["quantize", "--model", "@model", "--scheme", "int8", "--out", "@full"], "full"),
+    (["quantize", "--model", "@model", "--scheme", "int8"], "--out"),
     # generic
     (["nosuchverb"], "nosuchverb"),
 ]

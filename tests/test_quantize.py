@@ -14,7 +14,9 @@ from safetensors.torch import load_file, save_file
 import qwen25
 from qwen25.cli import main
 from qwen25.generation import SamplingParams, generate
-from qwen25.inference import quant_kernels, quantize
+from qwen25.inference import kernels, quant_kernels
+from qwen25.inference.engine import Engine
+from qwen25.inference.kernels import install_kernels
 from qwen25.inference.quant_kernels import (
     dequantize_int4,
     dequantize_int8,
@@ -27,6 +29,7 @@ from qwen25.inference.quant_kernels import (
 )
 from qwen25.inference.quantize import QuantizationConfig, QuantizedLinear, quantize_checkpoint, quantize_model
 from qwen25.model import CheckpointError, ConfigError, ModelConfig, build_model
+from qwen25.model.layers import kernel_plan, set_kernel_plan
 
 CONFIGS = [QuantizationConfig("int8"), QuantizationConfig("int4", 32), QuantizationConfig("int8", lm_head="int8"),
            QuantizationConfig("int4", 64, lm_head="int4")]
@@ -43,17 +46,6 @@ def small_model(dtype: str = "bfloat16", **overrides):
     return build_model(small_config(dtype=dtype, **overrides), seed=0).eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def kernel_choices_of_this_module(tmp_path_factory):
-    """Row crossovers measured for these tiny shapes go to a file of their own, not the machine's cache."""
-    with pytest.MonkeyPatch.context() as patch:
-        path = tmp_path_factory.mktemp("kernels") / "quantized-kernels.json"
-        patch.setattr(quant_kernels, "cache_file", lambda: path)
-        quant_kernels.kernel_rows.cache_clear()
-        yield
-    quant_kernels.kernel_rows.cache_clear()
-
-
 @pytest.fixture
 def model_dir(tmp_path):
     """A saved bf16 model with a tokenizer file (a stand-in) beside it."""
@@ -66,7 +58,7 @@ def model_dir(tmp_path):
 @pytest.fixture(params=["kernel", "dequantized"])
 def path_choice(request, monkeypatch):
     """Force one of the two ways QuantizedLinear multiplies, whatever this machine measured."""
-    monkeypatch.setattr(quantize, "kernel_rows", lambda *args: 10**9 if request.param == "kernel" else 0)
+    monkeypatch.setattr(QuantizedLinear, "packed_rows", 10**9 if request.param == "kernel" else 0)
     return request.param
 
 
@@ -224,7 +216,7 @@ def test_cli_quantize_then_generate(model_dir, tmp_path, capsys):
     out = tmp_path / "q4"
     main(["quantize", "--model", str(model_dir), "--scheme", "int4", "--group-size", "64", "--out", str(out)])
     assert f"wrote {out}" in capsys.readouterr().out
-    main(["generate", "--model", str(out), "--prompt", "3 1 4 1 5", "--max-new-tokens", "4"])
+    main(["generate", "--model", str(out), "--prompt-ids", "3 1 4 1 5", "--max-new-tokens", "4"])
     assert capsys.readouterr().out.strip()
     with pytest.raises(SystemExit) as exit_info:
         main(["quantize", "--model", str(model_dir), "--scheme", "int4", "--out", str(out)])
@@ -232,7 +224,7 @@ def test_cli_quantize_then_generate(model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["quantize", "--model", str(model_dir), "--scheme", "int8", "--group-size", "64", "--out",
               str(tmp_path / "x")])
-    assert "group_size is for int4" in capsys.readouterr().err
+    assert "--group-size 64 is for int4" in capsys.readouterr().err
 
 
 def test_quantizing_twice_is_refused(model_dir, tmp_path):
@@ -317,18 +309,63 @@ def test_group_size_mismatch_shows_as_a_shape_error(quantized_dir):
 
 # ---- the per-machine choice of path -------------------------------------------------------------------------
 
-def test_kernel_rows_is_measured_once_and_cached():
-    quant_kernels.kernel_rows.cache_clear()
-    measured = quant_kernels.kernel_rows("int8", 64, 128, None, torch.float32, 1)
-    assert 0 <= measured <= 512
-    entries = json.loads(quant_kernels.cache_file().read_text())["entries"]
-    [key] = [k for k in entries if k.endswith("|float32|int8|g=0|64x128")]
-    assert f"|threads=1|torch={torch.__version__}|" in key
-    assert entries[key]["rows"] == measured and "1" in entries[key]["seconds"] and "load" in entries[key]
-    quant_kernels.kernel_rows.cache_clear()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(quant_kernels, "measure_kernel_rows", lambda *a: pytest.fail("measured again"))
-        assert quant_kernels.kernel_rows("int8", 64, 128, None, torch.float32, 1) == measured
+@pytest.fixture
+def measuring(tmp_path, monkeypatch):
+    """An empty per-machine cache, kernels chosen by measurement, and the decode plan restored afterwards."""
+    monkeypatch.setenv("QWEN25_CACHE", str(tmp_path))
+    monkeypatch.setenv("QWEN25_KERNELS", "auto")
+    before = kernel_plan()
+    yield tmp_path
+    set_kernel_plan(before)
+
+
+def test_the_crossover_is_measured_once_per_machine_and_shape(measuring, monkeypatch):
+    model = quantize_model(small_model(dtype="float32"), QuantizationConfig("int4", 32, lm_head="int8"))
+    install_kernels(model)
+    entries = json.loads(kernels.cache_file().read_text())["entries"]
+    quantized = {k: v for k, v in entries.items() if "|quant=" in k}
+    # one entry per shape: q/k/v 256x128 (int4), o 128x128, gate/up 384x128, down 128x192, LM head (int8)
+    assert sorted(k.split("|quant=")[1] for k in quantized) == [
+        "int4|g=32|shape=128x128", "int4|g=32|shape=128x192", "int4|g=32|shape=256x128", "int4|g=32|shape=384x128",
+        "int8|g=0|shape=384x128"]
+    assert all(k.startswith(f"{kernels.machine()}|float32|") for k in quantized)
+    for layer in kernels.quantized_layers(model):
+        entry = quantized[kernels.quantized_key(layer)]
+        assert layer.packed_rows == entry["rows"] and 0 <= entry["rows"] <= 512
+        assert "1" in entry["seconds"] and "load" in entry
+    # read back, never measured again; the other modes set one row without measuring
+    monkeypatch.setattr(kernels, "measure_kernel_rows", lambda *a: pytest.fail("measured again"))
+    for layer in kernels.quantized_layers(model):
+        layer.packed_rows = -1
+    install_kernels(model)
+    assert all(layer.packed_rows == quantized[kernels.quantized_key(layer)]["rows"]
+               for layer in kernels.quantized_layers(model))
+    install_kernels(model, "linear")
+    assert {layer.packed_rows for layer in kernels.quantized_layers(model)} == {1}
+
+
+def test_engine_runs_a_quantized_model_with_the_measured_choice(measuring, monkeypatch):
+    """Through the Engine: the crossover measured (here forced to the packed kernel for up to 4 rows), decoding
+    two prompts at once gives each prompt's own greedy tokens, as the full forward ranks them (fp32)."""
+    monkeypatch.setattr(kernels, "measure_kernel_rows", lambda *a: {"rows": 4, "seconds": {1: [1.0, 2.0]}})
+    model = quantize_model(small_model(dtype="float32"), QuantizationConfig("int8"))
+    prompts = [[5, 17, 33, 2, 99, 250, 7, 8], [9, 4, 300]]
+    engine = Engine(model, max_batch=2)
+    assert {layer.packed_rows for layer in kernels.quantized_layers(model)} == {4}
+    outputs = engine.generate(prompts, SamplingParams(max_new_tokens=10))
+    for prompt, out in zip(prompts, outputs):
+        new = out.completions[0].token_ids
+        with torch.inference_mode():
+            logits = model(torch.tensor([prompt + new])).logits[0]
+        assert logits[len(prompt) - 1:-1].argmax(-1).tolist() == new
+
+
+def test_kernels_command_shows_the_quantized_crossovers(measuring, model_dir, tmp_path, capsys):
+    out = quantize_checkpoint(model_dir, tmp_path / "q8", "int8", lm_head="int8")
+    main(["kernels", "--model", str(out)])
+    printed = capsys.readouterr().out
+    assert "| quantized layer |" in printed and "|float32|quant=int8|g=0|shape=384x128 |" not in printed
+    assert "bfloat16|quant=int8|g=0|shape=384x128 |" in printed
 
 
 # ---- the real model (slow) ----------------------------------------------------------------------------------

@@ -9,9 +9,9 @@ layout of its own, and whose scales and zeros are one [groups, rows, 2] tensor).
 
 The packed kernels compute one row of activations at a time: for one row (decoding) they read a quarter or half
 of bf16's bytes and win, but their cost grows with every row, while dequantizing the weight once and running a
-bf16 matmul costs a fixed conversion plus a GEMM that reuses each weight for many rows. `kernel_rows` says up
-to how many rows the packed kernel is the faster one on this machine; it is measured once per shape and cached
-per machine (the crossover depends on the CPU and the thread count).
+bf16 matmul costs a fixed conversion plus a GEMM that reuses each weight for many rows. `measure_kernel_rows`
+finds up to how many rows the packed kernel is the faster one for a shape; the decode kernel choice
+(`qwen25.inference.kernels`) runs it once per machine and shape and keeps the answer with its own choices.
 
 Portable form (what files hold): int8 weights as they are; int4 codes two per byte, the low nibble for even
 columns. The packed int4 layout (blocks of rows interleaved by nibble, its width set by the CPU's vector
@@ -21,15 +21,9 @@ extension) is made at load and read back by `unpack_int4_t`, whose block width i
 from __future__ import annotations
 
 import functools
-import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import torch
-
-from qwen25.io import atomic_write_text, cache_dir
 
 SCHEMES = ("int8", "int4")
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the int4 kernel accepts
@@ -194,7 +188,7 @@ def int4_dequantized_t(packed: torch.Tensor, sz: torch.Tensor, dtype: torch.dtyp
     return torch.addcmul(sz[:, None, :, 1], w, sz[:, None, :, 0]).reshape(k, rows)
 
 
-# ---- which path for how many rows, measured per machine --------------------------------------------------------
+# ---- which path for how many rows --------------------------------------------------------------------------------
 
 def _best_seconds(fn, repeats: int = 3) -> float:
     fn()
@@ -238,47 +232,3 @@ def measure_kernel_rows(scheme: str, out_features: int, in_features: int, group_
             losses += 1
         rows *= 2
     return {"rows": best, "seconds": seconds}
-
-
-@functools.cache
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cache_file() -> Path:
-    return cache_dir() / "quantized-kernels.json"
-
-
-@functools.cache
-def kernel_rows(scheme: str, out_features: int, in_features: int, group_size: int | None, dtype: torch.dtype,
-                threads: int) -> int:
-    """Up to how many rows of input the packed kernel is used for this shape (more rows: dequantize, matmul).
-    Read from the per-machine cache (`cache_file()`, keyed by CPU model, vector extension, torch version,
-    threads, dtype, scheme and shape, with the timings that decided it), else measured (a second or so per
-    shape) and added there. Delete the file to measure again."""
-    key = (f"{cpu_model()}|{torch.backends.cpu.get_cpu_capability()}|threads={threads}|torch={torch.__version__}|"
-           f"{str(dtype).removeprefix('torch.')}|{scheme}|g={group_size or 0}|"
-           f"{min(out_features, _MEASURE_MAX_OUT)}x{in_features}")
-    path = cache_file()
-    try:
-        return int(json.loads(path.read_text())["entries"][key]["rows"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    entry = measure_kernel_rows(scheme, out_features, in_features, group_size, dtype)
-    entry["load"] = round(os.getloadavg()[0], 2)
-    try:
-        entries = json.loads(path.read_text())["entries"]  # another process may have added shapes meanwhile
-    except (OSError, ValueError, KeyError, TypeError):
-        entries = {}
-    entries[key] = entry
-    try:
-        atomic_write_text(path, json.dumps({"version": 1, "entries": entries}, indent=1, sort_keys=True) + "\n")
-    except OSError:
-        pass  # an unwritable cache only means measuring again in the next process
-    return entry["rows"]

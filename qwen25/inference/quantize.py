@@ -32,7 +32,6 @@ from qwen25.inference.quant_kernels import (
     int4_dequantized_t,
     int4_kernel,
     int8_kernel,
-    kernel_rows,
     pack_int4,
     pack_nibbles,
     padded_rows,
@@ -106,9 +105,13 @@ class QuantizedLinear(nn.Module):
 
     In memory the weights are in the kernels' form (int8 [N, K] and scales [N]; int4 packed for this CPU and
     scales/zeros as [groups, N, 2]); the state dict holds the portable form (`qweight`, `scales`, `zeros`,
-    `bias`), so a directory written on one machine loads on another. Few rows run the packed kernel, many rows
-    a dequantized matmul: the crossover is measured per machine (`quant_kernels.kernel_rows`).
+    `bias`), so a directory written on one machine loads on another. Up to `packed_rows` rows of input run the
+    packed kernel, more a dequantized matmul: 1 (batch-1 decode, where the kernel reads a half or a quarter of
+    the bytes) until the decode kernel choice (`qwen25.inference.kernels.install_kernels`, which every Engine
+    runs) sets the crossover measured on this machine.
     """
+
+    packed_rows: int = 1
 
     def __init__(self, in_features: int, out_features: int, bias: bool, scheme: str, group_size: int | None = None,
                  dtype: torch.dtype = torch.bfloat16, device: torch.device | str | None = None) -> None:
@@ -245,8 +248,7 @@ class QuantizedLinear(nn.Module):
         dtype = self.scales.dtype
         flat = x.reshape(-1, self.in_features).to(dtype).contiguous()
         rows, n = flat.shape[0], self.out_features
-        if flat.device.type == "cpu" and 0 < rows <= kernel_rows(self.scheme, n, self.in_features, self.group_size,
-                                                                 dtype, torch.get_num_threads()):
+        if flat.device.type == "cpu" and 0 < rows <= self.packed_rows:
             if self.scheme == "int8":
                 y = int8_kernel(flat, self.qweight, self.scales)
             else:
@@ -379,12 +381,18 @@ def quantize_checkpoint(model: str | Path, out: str | Path, scheme: str, group_s
     """`qwen25 quantize`: an HF model directory (or a fetched model's name) -> a quantized directory, written
     whole or not at all."""
     source, out = resolve_model_path(model), Path(out)
+    if group_size is not None and "int4" not in (scheme, lm_head):
+        raise ValueError(f"--group-size {group_size} is for int4 (--scheme int4 or --lm-head int4); int8 quantizes "
+                         "whole output channels")
     config = QuantizationConfig(scheme, group_size, lm_head)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ValueError(f"{out}: already exists and is not empty; choose a new directory or replace it with --force")
     if quantization_config(ModelConfig.from_file(source), str(source / "config.json")) is not None:
         raise ValueError(f"{source}: already quantized; quantize the unquantized model instead")
-    quantized = quantize_model(read_checkpoint(source), config)
+    try:
+        quantized = quantize_model(read_checkpoint(source), config)
+    except ValueError as e:  # a group size that does not divide a layer, an MoE model
+        raise ValueError(f"{source}: {e}") from None
     with atomic_directory(out) as staging:
         save_pretrained(quantized, staging)
         for name in TOKENIZER_FILES:
