@@ -218,6 +218,9 @@ def test_cli_quantize_then_generate(model_dir, tmp_path, capsys):
     assert f"wrote {out}" in capsys.readouterr().out
     main(["generate", "--model", str(out), "--prompt-ids", "3 1 4 1 5", "--max-new-tokens", "4"])
     assert capsys.readouterr().out.strip()
+    main(["info", str(out)])
+    printed = capsys.readouterr().out
+    assert "quantized, qwen25-int4" in printed and "warning" not in printed
     with pytest.raises(SystemExit) as exit_info:
         main(["quantize", "--model", str(model_dir), "--scheme", "int4", "--out", str(out)])
     assert exit_info.value.code == 2 and "already exists" in capsys.readouterr().err
