@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_quant.py                      # qwen2.5-coder-0.5b-instruct (fetched once)
     .venv/bin/python bench/bench_quant.py --lm-heads keep int8 # also with the LM head quantized
+    .venv/bin/python bench/bench_quant.py --methods gptq rtn   # also nearest-grid-point codes
 
 Quality: greedy top-1 agreement with the bf16 model and perplexity, over --windows windows of --length tokens of
 held-out text (Python's standard library source and documentation, `qwen25.inference.quant_quality`); logits
@@ -14,6 +15,7 @@ run, so bursts of outside load hit all of them alike.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import statistics
@@ -75,6 +77,8 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--lm-heads", nargs="+", default=["keep"], choices=["keep", "int8", "int4"],
                     help="LM head variants to run for each scheme (keep: the model's dtype)")
+    ap.add_argument("--methods", nargs="+", default=["gptq"], choices=["gptq", "rtn"],
+                    help="how codes are chosen (qwen25 quantize --method)")
     ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--length", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=32)
@@ -91,15 +95,14 @@ def main() -> None:
     windows = heldout_windows(load_tokenizer(source), args.windows, args.length)
     models = {"bf16": qwen25.from_pretrained(source).eval()}
     with tempfile.TemporaryDirectory(prefix="bench-quant-") as tmp:
-        for head in args.lm_heads:
-            for scheme in ("int8", "int4"):
-                name = scheme + ("" if head == "keep" else f"+{head} head")
-                start = time.perf_counter()
-                out = quantize_checkpoint(source, Path(tmp) / name.replace(" ", "-"), scheme,
-                                          args.group_size if scheme == "int4" or head == "int4" else None,
-                                          None if head == "keep" else head)
-                models[name] = qwen25.from_pretrained(out).eval()
-                print(f"{name}: quantized and saved in {time.perf_counter() - start:.1f} s", flush=True)
+        for method, head, scheme in itertools.product(args.methods, args.lm_heads, ("int8", "int4")):
+            name = f"{scheme} {method}" + ("" if head == "keep" else f" +{head} head")
+            start = time.perf_counter()
+            out = quantize_checkpoint(source, Path(tmp) / name.replace(" ", "-"), scheme,
+                                      args.group_size if scheme == "int4" or head == "int4" else None,
+                                      None if head == "keep" else head, method=method)
+            models[name] = qwen25.from_pretrained(out).eval()
+            print(f"{name}: quantized and saved in {time.perf_counter() - start:.1f} s", flush=True)
 
     reference = predictions(models["bf16"], windows)
     print(f"\nquality over {reference.top1.numel()} positions ({args.windows} windows of {args.length} tokens, "

@@ -332,7 +332,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     from qwen25.inference.quantize import quantize_checkpoint
 
     out = quantize_checkpoint(args.model, args.out, args.scheme, group_size=args.group_size, lm_head=args.lm_head,
-                              overwrite=args.force)
+                              overwrite=args.force, method=args.method)
     print(f"wrote {out}")
 
 
@@ -346,6 +346,9 @@ def _add_quantize_verb(sub) -> None:
                    help="int4: input columns per scale and zero (default 128)")
     p.add_argument("--lm-head", choices=["int8", "int4"],
                    help="quantize the LM head too (default: keep it in the model's dtype)")
+    p.add_argument("--method", choices=["gptq", "rtn"], default="gptq",
+                   help="gptq: codes chosen against calibration text (Python's stdlib and docs, encoded with the "
+                   "model's tokenizer; a few minutes for 0.5B); rtn: nearest grid point (seconds, less accurate)")
     p.add_argument("--out", required=True, help="the quantized model directory to write")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=cmd_quantize)

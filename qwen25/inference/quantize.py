@@ -23,6 +23,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from qwen25.inference.gptq import calibration_windows, gptq_quantize, input_hessians
 from qwen25.inference.hub import resolve_model_path
 from qwen25.inference.quant_kernels import (
     SCHEMES,
@@ -45,9 +46,11 @@ from qwen25.io import atomic_directory
 from qwen25.model import CheckpointError, ConfigError, ModelConfig, Qwen2ForCausalLM, torch_dtype
 from qwen25.model import from_pretrained as read_checkpoint
 from qwen25.model.checkpoint import load_state_dict, read_generation_config, save_pretrained, weight_files
+from qwen25.tokenizer import load_tokenizer
 
 QUANT_METHODS = {f"qwen25-{scheme}": scheme for scheme in SCHEMES}
 DEFAULT_GROUP_SIZE = 128
+METHODS = ("rtn", "gptq")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
                    "added_tokens.json")
 
@@ -55,13 +58,18 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
 @dataclass(frozen=True)
 class QuantizationConfig:
     """scheme: "int8" (per output channel, symmetric) or "int4" (groups of `group_size` input columns, with
-    zeros). lm_head: None keeps the LM head in the model's dtype; "int8" or "int4" quantizes it too."""
+    zeros). lm_head: None keeps the LM head in the model's dtype; "int8" or "int4" quantizes it too. method:
+    how codes were chosen, "rtn" (each weight's nearest grid point) or "gptq" (against calibration text); the
+    format is the same."""
 
     scheme: str
     group_size: int | None = None
     lm_head: str | None = None
+    method: str = "rtn"
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"quantization method must be one of {METHODS}, got {self.method!r}")
         if self.scheme not in SCHEMES:
             raise ValueError(f"quantization scheme must be one of {SCHEMES}, got {self.scheme!r}")
         if self.lm_head is not None and self.lm_head not in SCHEMES:
@@ -77,7 +85,7 @@ class QuantizationConfig:
 
     def to_dict(self) -> dict:
         return {"quant_method": f"qwen25-{self.scheme}", "bits": 8 if self.scheme == "int8" else 4,
-                "group_size": self.group_size, "lm_head": self.lm_head,
+                "group_size": self.group_size, "lm_head": self.lm_head, "method": self.method,
                 "modules": ["self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"]
                 + (["lm_head"] if self.lm_head else [])}
 
@@ -95,7 +103,7 @@ class QuantizationConfig:
             raise ConfigError(f"{source}: field 'quantization_config.bits' is {bits!r}, but {method} has "
                               f"{8 if scheme == 'int8' else 4}")
         try:
-            return cls(scheme, raw.get("group_size"), raw.get("lm_head"))
+            return cls(scheme, raw.get("group_size"), raw.get("lm_head"), raw.get("method", "rtn"))
         except ValueError as e:
             raise ConfigError(f"{source}: field 'quantization_config': {e}") from None
 
@@ -141,11 +149,17 @@ class QuantizedLinear(nn.Module):
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, scheme: str,
-                    group_size: int | None = None) -> QuantizedLinear:
-        """Quantize a [N, K] weight (and keep its bias); scales, zeros and bias take the weight's dtype."""
+                    group_size: int | None = None, hessian: torch.Tensor | None = None) -> QuantizedLinear:
+        """Quantize a [N, K] weight (and keep its bias); scales, zeros and bias take the weight's dtype. With the
+        inputs' second moments `hessian` [K, K] the codes are GPTQ's (`qwen25.inference.gptq`), else each
+        weight's nearest grid point."""
         out_features, in_features = weight.shape
         layer = cls(in_features, out_features, bias is not None, scheme, group_size, weight.dtype, weight.device)
-        if scheme == "int8":
+        if hessian is not None:
+            tensors = gptq_quantize(weight, hessian, scheme, group_size, weight.dtype)
+            if scheme == "int4":
+                tensors["qweight"] = pack_nibbles(tensors.pop("codes"))
+        elif scheme == "int8":
             qweight, scales = quantize_int8(weight, weight.dtype)
             tensors = {"qweight": qweight, "scales": scales}
         else:
@@ -310,16 +324,27 @@ def _replace_linears(model: Qwen2ForCausalLM, config: QuantizationConfig, make) 
         model.lm_head = make((model.lm_head,), config.lm_head)
 
 
-def quantize_model(model: Qwen2ForCausalLM, config: QuantizationConfig) -> Qwen2ForCausalLM:
+def quantize_model(model: Qwen2ForCausalLM, config: QuantizationConfig,
+                   calibration: torch.Tensor | None = None) -> Qwen2ForCausalLM:
     """Quantize `model` in place (layer by layer, so memory stays near the unquantized model's) and record the
-    scheme in its config. The result is for inference."""
+    scheme in its config. The result is for inference. GPTQ (`config.method`) needs `calibration` token ids
+    [windows, length]."""
+    hessians = {}
+    if config.method == "gptq":
+        if calibration is None:
+            raise ValueError("GPTQ needs calibration token ids (qwen25.inference.gptq.calibration_windows)")
+        if int(calibration.max()) >= model.config.vocab_size:
+            raise ValueError(f"calibration token id {int(calibration.max())} is outside the model's vocabulary "
+                             f"({model.config.vocab_size}); the tokenizer does not match the model")
+        hessians = input_hessians(model, calibration)
 
     def quantized(linears, scheme):
         with torch.no_grad():
             weight = torch.cat([lin.weight for lin in linears])
             has_bias = linears[0].bias is not None
             bias = torch.cat([lin.bias for lin in linears]) if has_bias else None
-        return QuantizedLinear.from_weight(weight, bias, scheme, config.group_size_for(scheme))
+        return QuantizedLinear.from_weight(weight, bias, scheme, config.group_size_for(scheme),
+                                           hessians.pop(id(linears[0]), None))
 
     _replace_linears(model, config, quantized)
     model.config = model.config.replace(extra={**model.config.extra, "quantization_config": config.to_dict()})
@@ -377,20 +402,21 @@ def load_quantized(path: str | Path, dtype: torch.dtype | str | None = None,
 
 
 def quantize_checkpoint(model: str | Path, out: str | Path, scheme: str, group_size: int | None = None,
-                        lm_head: str | None = None, overwrite: bool = False) -> Path:
+                        lm_head: str | None = None, overwrite: bool = False, method: str = "rtn") -> Path:
     """`qwen25 quantize`: an HF model directory (or a fetched model's name) -> a quantized directory, written
-    whole or not at all."""
+    whole or not at all. GPTQ calibrates on text encoded with the directory's own tokenizer."""
     source, out = resolve_model_path(model), Path(out)
     if group_size is not None and "int4" not in (scheme, lm_head):
         raise ValueError(f"--group-size {group_size} is for int4 (--scheme int4 or --lm-head int4); int8 quantizes "
                          "whole output channels")
-    config = QuantizationConfig(scheme, group_size, lm_head)
+    config = QuantizationConfig(scheme, group_size, lm_head, method)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ValueError(f"{out}: already exists and is not empty; choose a new directory or replace it with --force")
     if quantization_config(ModelConfig.from_file(source), str(source / "config.json")) is not None:
         raise ValueError(f"{source}: already quantized; quantize the unquantized model instead")
+    calibration = calibration_windows(load_tokenizer(source)) if method == "gptq" else None
     try:
-        quantized = quantize_model(read_checkpoint(source), config)
+        quantized = quantize_model(read_checkpoint(source), config, calibration)
     except ValueError as e:  # a group size that does not divide a layer, an MoE model
         raise ValueError(f"{source}: {e}") from None
     with atomic_directory(out) as staging:
