@@ -15,29 +15,22 @@ run, so bursts of outside load hit all of them alike.
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import os
-import platform
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
 import qwen25
 from qwen25.generation import SamplingParams, generate
+from qwen25.inference.gptq import calibration_windows, input_hessians
 from qwen25.inference.hub import resolve_model_path
+from qwen25.inference.kernels import cpu_model
 from qwen25.inference.quant_quality import compare, heldout_windows, predictions
-from qwen25.inference.quantize import quantize_checkpoint
+from qwen25.inference.quantize import QuantizationConfig, quantize_model
 from qwen25.tokenizer import load_tokenizer
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -94,15 +87,18 @@ def main() -> None:
           f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     windows = heldout_windows(load_tokenizer(source), args.windows, args.length)
     models = {"bf16": qwen25.from_pretrained(source).eval()}
-    with tempfile.TemporaryDirectory(prefix="bench-quant-") as tmp:
-        for method, head, scheme in itertools.product(args.methods, args.lm_heads, ("int8", "int4")):
-            name = f"{scheme} {method}" + ("" if head == "keep" else f" +{head} head")
-            start = time.perf_counter()
-            out = quantize_checkpoint(source, Path(tmp) / name.replace(" ", "-"), scheme,
-                                      args.group_size if scheme == "int4" or head == "int4" else None,
-                                      None if head == "keep" else head, method=method)
-            models[name] = qwen25.from_pretrained(out).eval()
-            print(f"{name}: quantized and saved in {time.perf_counter() - start:.1f} s", flush=True)
+    hessians = None
+    if "gptq" in args.methods:
+        start = time.perf_counter()
+        hessians = input_hessians(models["bf16"], calibration_windows(load_tokenizer(source)))
+        print(f"GPTQ calibration (input Hessians of every layer): {time.perf_counter() - start:.1f} s", flush=True)
+    for method, head, scheme in itertools.product(args.methods, args.lm_heads, ("int8", "int4")):
+        name = f"{scheme} {method}" + ("" if head == "keep" else f" +{head} head")
+        start = time.perf_counter()
+        config = QuantizationConfig(scheme, args.group_size if "int4" in (scheme, head) else None,
+                                    None if head == "keep" else head, method)
+        models[name] = quantize_model(copy.deepcopy(models["bf16"]), config, hessians).eval()
+        print(f"{name}: quantized in {time.perf_counter() - start:.1f} s", flush=True)
 
     reference = predictions(models["bf16"], windows)
     print(f"\nquality over {reference.top1.numel()} positions ({args.windows} windows of {args.length} tokens, "

@@ -209,6 +209,8 @@ CASES = [
     (["quantize", "--model", "@model", "--scheme", "int8", "--lm-head", "fp8", "--out", "@q"], "--lm-head"),
     (["quantize", "--model", "@model", "--scheme", "int8", "--out", "@full"], "full"),
     (["quantize", "--model", "@model", "--scheme", "int8"], "--out"),
+    (["quantize", "--model", "@model", "--scheme", "int8", "--method", "awq", "--out", "@q"], "--method"),
+    (["quantize", "--model", "@bare", "--scheme", "int8", "--method", "gptq", "--out", "@q"], "bare"),
     # generic
     (["nosuchverb"], "nosuchverb"),
 ]

@@ -16,6 +16,7 @@ from qwen25.cli import main
 from qwen25.generation import SamplingParams, generate
 from qwen25.inference import kernels, quant_kernels
 from qwen25.inference.engine import Engine
+from qwen25.inference.gptq import input_hessians
 from qwen25.inference.kernels import install_kernels
 from qwen25.inference.quant_kernels import (
     dequantize_int4,
@@ -214,7 +215,8 @@ def test_tied_embeddings(tmp_path):
 
 def test_cli_quantize_then_generate(model_dir, tmp_path, capsys):
     out = tmp_path / "q4"
-    main(["quantize", "--model", str(model_dir), "--scheme", "int4", "--group-size", "64", "--out", str(out)])
+    main(["quantize", "--model", str(model_dir), "--scheme", "int4", "--group-size", "64", "--method", "rtn", "--out",
+          str(out)])
     assert f"wrote {out}" in capsys.readouterr().out
     main(["generate", "--model", str(out), "--prompt-ids", "3 1 4 1 5", "--max-new-tokens", "4"])
     assert capsys.readouterr().out.strip()
@@ -378,6 +380,8 @@ REAL = "qwen2.5-coder-0.5b-instruct"
 
 @pytest.mark.slow
 def test_real_model_agreement_and_perplexity(tmp_path):
+    """Issue 12's bounds on the real 0.5B model, GPTQ codes (`qwen25 quantize`'s default), LM head kept:
+    int8 top-1 agreement >= 99% over 2,000+ held-out positions and perplexity within 1%; int4 within 5%."""
     from qwen25.inference.hub import is_cached, model_dir as cached_dir
     from qwen25.inference.quant_quality import compare, heldout_windows, predictions
     from qwen25.tokenizer import load_tokenizer
@@ -386,13 +390,16 @@ def test_real_model_agreement_and_perplexity(tmp_path):
         pytest.skip(f"{REAL} is not fetched here (`qwen25 models fetch {REAL}`)")
     windows = heldout_windows(load_tokenizer(cached_dir(REAL)), windows=4, length=512)
     reference = predictions(qwen25.load_model(REAL), windows)
-    int8 = compare(reference, predictions(qwen25.from_pretrained(quantize_checkpoint(REAL, tmp_path / "int8", "int8")),
-                                          windows))
+
+    def quantized(scheme):
+        out = quantize_checkpoint(REAL, tmp_path / scheme, scheme, method="gptq")
+        return compare(reference, predictions(qwen25.from_pretrained(out), windows))
+
+    int8 = quantized("int8")
     assert int8.positions >= 2000
     assert int8.agreement >= 0.99, int8
     assert abs(int8.perplexity_change) <= 0.01, int8
-    int4 = compare(reference, predictions(qwen25.from_pretrained(quantize_checkpoint(REAL, tmp_path / "int4", "int4")),
-                                          windows))
+    int4 = quantized("int4")
     assert abs(int4.perplexity_change) <= 0.05, int4
 
 
@@ -434,9 +441,15 @@ def test_gptq_checkpoint_states_its_method_and_stays_closer(tmp_path):
     assert errors[0] < errors[1]
 
 
-def test_gptq_needs_calibration_that_fits_the_vocabulary():
+def test_gptq_needs_hessians_from_calibration_that_fits_the_vocabulary():
     model = small_model()
-    with pytest.raises(ValueError, match="calibration token ids"):
+    with pytest.raises(ValueError, match="input Hessians"):
         quantize_model(model, QuantizationConfig("int8", method="gptq"))
     with pytest.raises(ValueError, match="outside the model's vocabulary"):
-        quantize_model(model, QuantizationConfig("int8", method="gptq"), torch.tensor([[1, 2, 5000]]))
+        input_hessians(model, torch.tensor([[1, 2, 5000]]))
+    hessians = input_hessians(model, torch.tensor([[1, 2, 300], [4, 5, 6]]))
+    assert hessians["model.layers.0.self_attn.q_proj"] is hessians["model.layers.0.self_attn.v_proj"]
+    assert hessians["model.layers.1.mlp.down_proj"].shape == (192, 192) and "lm_head" in hessians
+    with pytest.raises(ValueError, match="no input Hessian for model.layers.0.self_attn.o_proj"):
+        quantize_model(model, QuantizationConfig("int8", method="gptq"),
+                       {k: v for k, v in hessians.items() if not k.endswith("o_proj")})

@@ -58,11 +58,15 @@ def _linear_inputs(model: nn.Module) -> Iterator[tuple[nn.Module, list[nn.Linear
 
 
 @torch.inference_mode()
-def input_hessians(model: nn.Module, windows: torch.Tensor) -> dict[int, torch.Tensor]:
-    """{id(linear): H [K, K] fp32} over every position of `windows`, one window per forward; linears reading
-    the same input share one H."""
+def input_hessians(model: nn.Module, windows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{linear's module name: H [K, K] fp32} over every position of `windows`, one window per forward;
+    linears reading the same input share one H."""
+    if int(windows.max()) >= model.config.vocab_size:
+        raise ValueError(f"calibration token id {int(windows.max())} is outside the model's vocabulary "
+                         f"({model.config.vocab_size}); the tokenizer does not match the model")
+    names = {id(module): name for name, module in model.named_modules()}
     sums: dict[int, torch.Tensor] = {}
-    owners: dict[int, list[nn.Linear]] = {}
+    readers: dict[int, list[nn.Linear]] = {}
     hooks = []
 
     def accumulate(module, args):
@@ -71,7 +75,7 @@ def input_hessians(model: nn.Module, windows: torch.Tensor) -> dict[int, torch.T
         sums[key] = sums[key].addmm_(x.t(), x) if key in sums else x.t() @ x
 
     for module, linears in _linear_inputs(model):
-        owners[id(module)] = linears
+        readers[id(module)] = linears
         hooks.append(module.register_forward_pre_hook(accumulate))
     try:
         for row in windows:
@@ -79,7 +83,7 @@ def input_hessians(model: nn.Module, windows: torch.Tensor) -> dict[int, torch.T
     finally:
         for hook in hooks:
             hook.remove()
-    return {id(lin): sums[key] for key, linears in owners.items() if key in sums for lin in linears}
+    return {names[id(lin)]: sums[key] for key, linears in readers.items() if key in sums for lin in linears}
 
 
 def _inverse_cholesky(hessian: torch.Tensor) -> torch.Tensor:

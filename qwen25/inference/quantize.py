@@ -325,26 +325,25 @@ def _replace_linears(model: Qwen2ForCausalLM, config: QuantizationConfig, make) 
 
 
 def quantize_model(model: Qwen2ForCausalLM, config: QuantizationConfig,
-                   calibration: torch.Tensor | None = None) -> Qwen2ForCausalLM:
+                   hessians: dict[str, torch.Tensor] | None = None) -> Qwen2ForCausalLM:
     """Quantize `model` in place (layer by layer, so memory stays near the unquantized model's) and record the
-    scheme in its config. The result is for inference. GPTQ (`config.method`) needs `calibration` token ids
-    [windows, length]."""
-    hessians = {}
-    if config.method == "gptq":
-        if calibration is None:
-            raise ValueError("GPTQ needs calibration token ids (qwen25.inference.gptq.calibration_windows)")
-        if int(calibration.max()) >= model.config.vocab_size:
-            raise ValueError(f"calibration token id {int(calibration.max())} is outside the model's vocabulary "
-                             f"({model.config.vocab_size}); the tokenizer does not match the model")
-        hessians = input_hessians(model, calibration)
+    scheme in its config. The result is for inference. GPTQ (`config.method`) needs `hessians`, the inputs'
+    second moments per linear's module name (`gptq.input_hessians` on calibration text)."""
+    if config.method == "gptq" and hessians is None:
+        raise ValueError("GPTQ needs the layers' input Hessians (qwen25.inference.gptq.input_hessians on "
+                         "calibration_windows)")
+    hessians = hessians if config.method == "gptq" else {}
+    names = {id(module): name for name, module in model.named_modules()}
 
     def quantized(linears, scheme):
         with torch.no_grad():
             weight = torch.cat([lin.weight for lin in linears])
             has_bias = linears[0].bias is not None
             bias = torch.cat([lin.bias for lin in linears]) if has_bias else None
-        return QuantizedLinear.from_weight(weight, bias, scheme, config.group_size_for(scheme),
-                                           hessians.pop(id(linears[0]), None))
+        hessian = hessians.get(names[id(linears[0])])
+        if config.method == "gptq" and hessian is None:
+            raise ValueError(f"no input Hessian for {names[id(linears[0])]}")
+        return QuantizedLinear.from_weight(weight, bias, scheme, config.group_size_for(scheme), hessian)
 
     _replace_linears(model, config, quantized)
     model.config = model.config.replace(extra={**model.config.extra, "quantization_config": config.to_dict()})
@@ -415,8 +414,10 @@ def quantize_checkpoint(model: str | Path, out: str | Path, scheme: str, group_s
     if quantization_config(ModelConfig.from_file(source), str(source / "config.json")) is not None:
         raise ValueError(f"{source}: already quantized; quantize the unquantized model instead")
     calibration = calibration_windows(load_tokenizer(source)) if method == "gptq" else None
+    original = read_checkpoint(source)
     try:
-        quantized = quantize_model(read_checkpoint(source), config, calibration)
+        hessians = None if calibration is None else input_hessians(original, calibration)
+        quantized = quantize_model(original, config, hessians)
     except ValueError as e:  # a group size that does not divide a layer, an MoE model
         raise ValueError(f"{source}: {e}") from None
     with atomic_directory(out) as staging:
