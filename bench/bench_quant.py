@@ -72,6 +72,7 @@ def main() -> None:
                     help="LM head variants to run for each scheme (keep: the model's dtype)")
     ap.add_argument("--methods", nargs="+", default=["gptq"], choices=["gptq", "rtn"],
                     help="how codes are chosen (qwen25 quantize --method)")
+    ap.add_argument("--skip-quality", action="store_true", help="decode speed only")
     ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--length", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=32)
@@ -85,7 +86,7 @@ def main() -> None:
     print(f"machine: {cpu_model()}, {os.cpu_count()} cpus, torch {torch.__version__} "
           f"({torch.backends.cpu.get_cpu_capability()}), threads {torch.get_num_threads()}, "
           f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    windows = heldout_windows(load_tokenizer(source), args.windows, args.length)
+    windows = heldout_windows(load_tokenizer(source), args.windows, max(args.length, 128))
     models = {"bf16": qwen25.from_pretrained(source).eval()}
     hessians = None
     if "gptq" in args.methods:
@@ -100,9 +101,15 @@ def main() -> None:
         models[name] = quantize_model(copy.deepcopy(models["bf16"]), config, hessians).eval()
         print(f"{name}: quantized in {time.perf_counter() - start:.1f} s", flush=True)
 
+    if not args.skip_quality:
+        quality(models, windows)
+    speed(models, windows[0, :128].tolist(), args.new_tokens, args.repeats)
+
+
+def quality(models: dict[str, torch.nn.Module], windows: torch.Tensor) -> None:
     reference = predictions(models["bf16"], windows)
-    print(f"\nquality over {reference.top1.numel()} positions ({args.windows} windows of {args.length} tokens, "
-          f"half standard-library source, half documentation); bf16 perplexity {reference.perplexity:.4f}")
+    print(f"\nquality over {reference.top1.numel()} positions ({windows.shape[0]} windows of {windows.shape[1]} "
+          f"tokens, half standard-library source, half documentation); bf16 perplexity {reference.perplexity:.4f}")
     print("| model | top-1 agreement (fp32 logits) | agreement (own-dtype logits) | perplexity | change |")
     print("|---|---|---|---|---|")
     for name, model in models.items():
@@ -112,11 +119,12 @@ def main() -> None:
         print(f"| {name} | {100 * c.agreement:.2f}% | {100 * c.agreement_bf16:.2f}% | {c.perplexity:.4f} | "
               f"{100 * c.perplexity_change:+.2f}% |", flush=True)
 
-    prompt = windows[0, :128].tolist()
+
+def speed(models: dict[str, torch.nn.Module], prompt: list[int], new_tokens: int, repeats: int) -> None:
     with torch.inference_mode():
-        rates = decode_rates(models, prompt, args.new_tokens, args.repeats)
-    print(f"\nbatch-1 greedy decode, 128-token prompt, {args.new_tokens} new tokens, best of {args.repeats} "
-          f"(load now {os.getloadavg()[0]:.2f})")
+        rates = decode_rates(models, prompt, new_tokens, repeats)
+    print(f"\nbatch-1 greedy decode through the engine, {len(prompt)}-token prompt, {new_tokens} new tokens, best of "
+          f"{repeats} (load now {os.getloadavg()[0]:.2f})")
     print("| model | weights+buffers MB | decode tok/s | median | vs bf16 |")
     print("|---|---|---|---|---|")
     for name, (best, median) in rates.items():

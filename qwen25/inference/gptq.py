@@ -22,11 +22,11 @@ from qwen25.inference.quant_kernels import check_group_size, int4_codes, int4_pa
 from qwen25.tokenizer import QwenTokenizer
 
 DAMPING = 0.01  # added to H's diagonal, as a fraction of its mean: keeps H invertible with few calibration tokens
-BLOCK = 256  # columns updated together (a multiple of every int4 group size)
+BLOCK = 128  # columns updated together, or one int4 group when groups are wider
 CALIBRATION_DOCS = 40  # the documentation topics held-out windows skip (`quant_quality.SKIP_DOCUMENTS`)
 
 
-def calibration_windows(tokenizer: QwenTokenizer, windows: int = 8, length: int = 512) -> torch.Tensor:
+def calibration_windows(tokenizer: QwenTokenizer, windows: int = 4, length: int = 512) -> torch.Tensor:
     """[windows, length] token ids: half from the standard library's last source files, half from the first
     documentation topics; both disjoint from `quant_quality.heldout_windows`."""
     rows: list[list[int]] = []
@@ -113,8 +113,9 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: str, grou
         groups = k // group_size
         scales, zeros = torch.empty(n, groups, dtype=scale_dtype), torch.empty(n, groups, dtype=scale_dtype)
         codes = torch.empty(n, k, dtype=torch.uint8)
-    for start in range(0, k, BLOCK):
-        end = min(start + BLOCK, k)
+    width = max(BLOCK, group_size or 0)
+    for start in range(0, k, width):
+        end = min(start + width, k)
         block, errors = w[:, start:end].clone(), torch.empty(n, end - start)
         for i in range(end - start):
             col = start + i
