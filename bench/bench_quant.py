@@ -3,11 +3,16 @@
     .venv/bin/python bench/bench_quant.py                      # qwen2.5-coder-0.5b-instruct (fetched once)
     .venv/bin/python bench/bench_quant.py --lm-heads keep int8 # also with the LM head quantized
     .venv/bin/python bench/bench_quant.py --methods gptq rtn   # also nearest-grid-point codes
+    .venv/bin/python bench/bench_quant.py --skip-quality --lm-heads keep int8 --repeats 5   # speed only
+
+GPTQ's calibration (the layers' input Hessians) runs once and serves every GPTQ variant; models are quantized
+in memory (`quantize_model`), which is what `qwen25 quantize` saves (the round trip is exact, tests).
 
 Quality: greedy top-1 agreement with the bf16 model and perplexity, over --windows windows of --length tokens of
 held-out text (Python's standard library source and documentation, `qwen25.inference.quant_quality`); logits
 in fp32 from each model's hidden states (agreement on the models' own bf16 logits is printed beside it).
-Speed: each model's `generate` (greedy, batch 1, no stop token) on a 128-token prompt; decode rate = new
+Speed: each model's `generate` through the engine (greedy, batch 1, no stop token; the engine measures the
+quantized kernels' crossover once per machine) on a 128-token prompt; decode rate = new
 tokens / (time(1 + N new tokens) - time(1 new token)), best of --repeats with the models interleaved run by
 run, so bursts of outside load hit all of them alike.
 """
