@@ -249,6 +249,44 @@ def _add_inference_verbs(sub) -> None:
     p = models.add_parser("list", help="known model names and whether they are cached")
     p.set_defaults(func=cmd_models_list)
 
+# ---- alignment: reward model, DPO, GRPO (report §4.2-4.3) -----------------------------------------------------
+
+def cmd_rm_train(args: argparse.Namespace) -> None:
+    from qwen25.posttraining.rm import load_rm_recipe, run_rm
+
+    run_rm(load_rm_recipe(args.recipe, args.set), resume=args.resume, fresh=args.fresh)
+
+
+def cmd_dpo_run(args: argparse.Namespace) -> None:
+    from qwen25.posttraining.dpo import load_dpo_recipe, run_dpo
+
+    run_dpo(load_dpo_recipe(args.recipe, args.set), resume=args.resume, fresh=args.fresh)
+
+
+def cmd_grpo_run(args: argparse.Namespace) -> None:
+    from qwen25.posttraining.grpo import load_grpo_recipe, run_grpo
+
+    run_grpo(load_grpo_recipe(args.recipe, args.set), resume=args.resume, fresh=args.fresh)
+
+
+def _add_alignment_verbs(sub) -> None:
+    for verb, action, func, what, example in (
+            ("rm", "train", cmd_rm_train, "reward model on preference pairs (Bradley-Terry); per-category accuracy",
+             "recipes/rm-tiny.toml"),
+            ("dpo", "run", cmd_dpo_run, "DPO on preference pairs with the Online Merging Optimizer", "recipes/dpo-tiny.toml"),
+            ("grpo", "run", cmd_grpo_run, "GRPO with rule and/or reward-model rewards, variance-ordered queries",
+             "recipes/grpo-tiny.toml")):
+        p = sub.add_parser(verb, help=what).add_subparsers(dest="action", required=True)
+        p = p.add_parser(action, help=f"{what} (torchrun-aware); HF export at the end")
+        p.add_argument("--recipe", required=True, help=f"TOML recipe, e.g. {example}")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe value, e.g. --set lr=1e-6 --set data.epochs=2")
+        mode = p.add_mutually_exclusive_group()
+        mode.add_argument("--resume", action="store_true", help="continue from the run's latest intact checkpoint")
+        mode.add_argument("--fresh", action="store_true", help="start over in the run's directory")
+        p.set_defaults(func=func)
+
+
 # ---- post-training data: query sets, rejection sampling into SFT records and preference pairs ----------------
 
 def cmd_data_queries(args: argparse.Namespace) -> None:
@@ -477,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(func=cmd_longctx_extrapolate)
     _add_inference_verbs(sub)
+    _add_alignment_verbs(sub)
     _add_quantize_verb(sub)
     return parser
 

@@ -50,6 +50,32 @@ data = ["{data}"]
 seq_len = 256
 batch = 2
 """
+PAIRS_OK = """
+run_dir = "{run}"
+[model]
+path = "{model}"
+{extra}
+[data]
+train = ["{data}"]
+pairs_per_step = 2
+[train]
+micro_batch = 2
+dtype = "float32"
+"""
+EXTRA = {"rm": "", "dpo": "[optimizer]\nalpha = 0.0"}
+GRPO_OK = """
+run_dir = "{run}"
+queries = ["{queries}"]
+[model]
+path = "{model}"
+[rollout]
+group_size = 4
+queries_per_step = 2
+max_new_tokens = 4
+[train]
+micro_batch = 8
+dtype = "float32"
+"""
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +108,19 @@ def files(tmp_path_factory):
     (root / "sft_nomodel.toml").write_text(SFT_OK.format(run=root / "sftrun", model=root / "missing",
                                                          data=root / "sft.jsonl"))
     (root / "queries.jsonl").write_text("not json\n")
+    good = {"prompt": "What is 1 + 1?", "chosen": "2", "rejected": "3"}
+    for name, bad in (("nofield", {"prompt": "What is 2 + 2?", "chosen": "4"}),
+                      ("same", {**good, "rejected": "2"}), ("emptyc", {**good, "chosen": ""})):
+        (root / f"pairs_{name}.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+        for stage in ("rm", "dpo"):
+            (root / f"{stage}_{name}.toml").write_text(PAIRS_OK.format(run=root / f"{stage}run", model=model,
+                                                                      data=root / f"pairs_{name}.jsonl",
+                                                                      extra=EXTRA[stage]))
+    (root / "pairs_ok.jsonl").write_text(json.dumps(good) + "\n")
+    for stage in ("rm", "dpo"):
+        (root / f"{stage}.toml").write_text(PAIRS_OK.format(run=root / f"{stage}run", model=model,
+                                                           data=root / "pairs_ok.jsonl", extra=EXTRA[stage]))
+    (root / "grpo.toml").write_text(GRPO_OK.format(run=root / "grpo", model=model, queries=root / "noqueries.jsonl"))
     return root
 
 
@@ -158,6 +197,31 @@ CASES = [
     # pipeline
     (["pipeline", "run", "--pretrain-recipe", "@nofile.toml"], "nofile.toml"),
     (["pipeline", "run", "--sft-recipe", "@nofile2.toml"], "nofile2.toml"),
+    # alignment: reward model, DPO, GRPO (bad pair data names the file and line)
+    (["rm", "train", "--recipe", "@nofile.toml"], "nofile.toml"),
+    (["rm", "train", "--recipe", "@rm_nofield.toml"], "pairs_nofield.jsonl:2"),
+    (["rm", "train", "--recipe", "@rm_same.toml"], "pairs_same.jsonl:2"),
+    (["rm", "train", "--recipe", "@rm_emptyc.toml"], "pairs_emptyc.jsonl:2"),
+    (["rm", "train", "--recipe", "@rm.toml", "--set", "data.train=[\"@nopairs.jsonl\"]"], "nopairs.jsonl"),
+    (["rm", "train", "--recipe", "@rm.toml", "--set", "data.pairs_per_step=0"], "data.pairs_per_step"),
+    (["rm", "train", "--recipe", "@rm.toml", "--set", "model.path=\"@missing\""], "missing"),
+    (["dpo", "run", "--recipe", "@nofile.toml"], "nofile.toml"),
+    (["dpo", "run", "--recipe", "@dpo_nofield.toml"], "pairs_nofield.jsonl:2"),
+    (["dpo", "run", "--recipe", "@dpo_same.toml"], "pairs_same.jsonl:2"),
+    (["dpo", "run", "--recipe", "@dpo_emptyc.toml"], "pairs_emptyc.jsonl:2"),
+    (["dpo", "run", "--recipe", "@dpo.toml", "--set", "beta=0"], "beta"),
+    (["dpo", "run", "--recipe", "@dpo.toml", "--set", "optimizer.kind=sgd"], "optimizer.kind"),
+    (["dpo", "run", "--recipe", "@dpo.toml", "--set", "optimizer.reserve=0"], "optimizer.reserve"),
+    (["dpo", "run", "--recipe", "@dpo.toml", "--set", "optimizer.alpha=0.5"], "optimizer.base"),
+    (["dpo", "run", "--recipe", "@dpo.toml", "--set", "reference=shared"], "reference"),
+    (["grpo", "run", "--recipe", "@nofile.toml"], "nofile.toml"),
+    (["grpo", "run", "--recipe", "@grpo.toml"], "noqueries.jsonl"),
+    (["grpo", "run", "--recipe", "@grpo.toml", "--set", "rollout.group_size=1"], "rollout.group_size"),
+    (["grpo", "run", "--recipe", "@grpo.toml", "--set", "rollout.max_rows=2"], "rollout.max_rows"),
+    (["grpo", "run", "--recipe", "@grpo.toml", "--set", "aggregation=sum"], "aggregation"),
+    (["grpo", "run", "--recipe", "@grpo.toml", "--set", "queries=[]"], "queries"),
+    (["grpo", "run", "--recipe", "@grpo.toml", "--set", "rewards.reward_model=1.0"], "rewards.reward_model_path"),
+    (["grpo", "run", "--recipe", "@grpo.toml", "--set", "order.samples=1"], "order"),
     # long context
     (["eval", "longctx", "--model", "@model", "--lengths", "-5"], "--lengths"),
     (["eval", "longctx", "--model", "@model", "--depths", "1.5"], "--depths"),

@@ -201,3 +201,10 @@ batch = 2
     write_jsonl(data, CONVERSATIONS * 3)  # the data changed: resuming would train on other rows
     out = run_cli("sft", "run", "--recipe", str(recipe), "--resume", env=env)
     assert out.returncode == 2 and "changed since the checkpoint" in out.stderr, out.stderr[-2000:]
+    # `pretrain export` takes any stage's checkpoint: the tokenizer comes from the SFT recipe's model directory
+    checkpoint = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))[-1]
+    out = run_cli("pretrain", "export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "again"), env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "again", dtype=torch.float32)
+    assert all(torch.equal(p, dict(loaded.named_parameters())[n]) for n, p in again.named_parameters())
+    assert json.loads((tmp_path / "again" / "generation_config.json").read_text())["eos_token_id"] == [151645, 151643]

@@ -1,9 +1,10 @@
-"""The generator interface the post-training data pipeline samples from, and its adapter over
-`qwen25.generation.generate` (to be swapped for the inference engine without touching the pipeline).
+"""The generator interface the post-training data pipeline samples from, and its adapter over the inference
+engine (`ModelGenerator`: all prompts in one engine run, each prompt's k samples from one prefill).
 
 A generator is any callable `(prompts, k, seed) -> completions` with a `name` for provenance: `prompts` is a
 list of chat message lists, the result holds k completion strings per prompt, and the same arguments give the
-same completions (prompt i samples with seed `seed + i`), so a resumed run reproduces an uninterrupted one.
+same completions (prompt i samples from seed `seed + i`: its sample j draws from `(seed + i) * k + j`), so a
+resumed run reproduces an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Protocol
 
 import torch
 
-from qwen25.generation import SamplingParams, generate
+from qwen25.inference.engine import Engine
+from qwen25.inference.sampling import SamplingParams
 from qwen25.loading import load_model
 from qwen25.tokenizer import QwenTokenizer, load_tokenizer
 
@@ -49,13 +51,12 @@ class ModelGenerator:
         return cls(model, tok, params, name=f"{Path(model_dir).resolve()} ({sampling_summary(params)})")
 
     def __call__(self, prompts: Sequence[list[dict]], k: int, seed: int) -> list[list[str]]:
-        results = []
-        for i, messages in enumerate(prompts):
-            ids, _ = self.tokenizer.encode_chat(messages, add_generation_prompt=True)
-            rows = generate(self.model, [ids] * k, replace(self.params, seed=seed + i), pad_id=self.tokenizer.pad_id)
-            results.append([self.tokenizer.decode([t for t in row if t not in self.params.stop_token_ids])
-                            for row in rows])
-        return results
+        ids = [self.tokenizer.encode_chat(messages, add_generation_prompt=True)[0] for messages in prompts]
+        engine = Engine(self.model, max_batch=max(64, k), prefill_chunk=None)
+        outputs = engine.generate(ids, [replace(self.params, n=k, seed=(seed + i) * k) for i in range(len(ids))])
+        stop = set(self.params.stop_token_ids)
+        return [[self.tokenizer.decode([t for t in c.token_ids if t not in stop]) for c in out.completions]
+                for out in outputs]
 
 
 def sampling_summary(p: SamplingParams) -> str:

@@ -35,7 +35,7 @@ def math_accuracy(model: torch.nn.Module, tok: QwenTokenizer, problems: Sequence
     records = []
     for start in range(0, len(problems), batch):
         chunk = problems[start:start + batch]
-        outputs = generate(model, [chat_prompt(tok, p["question"]) for p in chunk], params, pad_id=tok.pad_id)
+        outputs = generate(model, [chat_prompt(tok, p["question"]) for p in chunk], params)
         for p, ids in zip(chunk, outputs):
             reply = tok.decode([i for i in ids if i not in stop])
             got = last_integer(reply)

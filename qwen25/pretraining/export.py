@@ -13,6 +13,7 @@ from qwen25.io import refuse_overwrite
 from qwen25.model import ModelConfig, build_model
 from qwen25.tokenizer import QwenTokenizer, load_tokenizer
 from qwen25.training.checkpoint import TRAINER_STATE, load_checkpoint, verify_checkpoint
+from qwen25.training.startup import chat_generation_config
 
 
 def check_tokenizer_fits(tok: QwenTokenizer, cfg: ModelConfig, where: str) -> None:
@@ -36,14 +37,33 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, tokenizer: str | 
     refuse_overwrite(out, overwrite)
     state = torch.load(checkpoint / TRAINER_STATE, weights_only=False)
     cfg = ModelConfig.from_hf_dict(state["model_config"], source=f"{checkpoint / TRAINER_STATE}:model_config")
-    run_dir = checkpoint.parent.parent
-    tok_dir = tokenizer or state["recipe"]["tokenizer"]["path"] or run_dir / "tokenizer"
+    recipe = state.get("recipe") or {}
+    tok_dir = tokenizer or _recipe_tokenizer(recipe, checkpoint.parent.parent)
+    if not tok_dir:
+        raise ValueError(f"{checkpoint}: the checkpoint does not say which tokenizer it was trained with; "
+                         "pass --tokenizer DIR (or 'qwen2.5')")
     tok = load_tokenizer(tok_dir)
     check_tokenizer_fits(tok, cfg, f"--tokenizer {tok_dir}")
     model = build_model(cfg, device="cpu")
     load_checkpoint(checkpoint, model, optimizer=None)
-    save_hf(model, tok, out, cfg.eos_token_id)
+    if "tokenizer" in recipe:  # a pretraining run: one end-of-text token
+        save_hf(model, tok, out, cfg.eos_token_id)
+    else:  # a post-training stage (SFT, DPO, GRPO...): a chat model
+        model.generation_config = chat_generation_config(tok)
+        model.save_pretrained(out)
+        tok.save(out)
     return out
+
+
+def _recipe_tokenizer(recipe: dict, run_dir: Path) -> str | Path | None:
+    """Where the run's tokenizer is: a pretraining recipe's [tokenizer] path or the run's own, or a post-training
+    recipe's [model] tokenizer or initial model directory."""
+    if "tokenizer" in recipe:
+        return recipe["tokenizer"].get("path") or run_dir / "tokenizer"
+    model = recipe.get("model") or {}
+    if isinstance(model, dict) and (model.get("tokenizer") or model.get("path")):
+        return model.get("tokenizer") or model.get("path")
+    return run_dir / "tokenizer" if (run_dir / "tokenizer").is_dir() else None
 
 
 def save_hf(model, tok: QwenTokenizer, out: Path, eot: int) -> None:
