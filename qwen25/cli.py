@@ -50,7 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     serve(model=args.model, host=args.host, port=args.port, api_key=args.api_key,
           served_model_name=args.served_model_name, tokenizer=args.tokenizer, dtype=args.dtype,
-          max_batch=args.max_batch, max_queue=args.max_queue)
+          max_batch=args.max_batch, max_queue=args.max_queue, quantize=args.quantize)
 
 
 def cmd_tokenizer_build_qwen(args: argparse.Namespace) -> None:
@@ -656,6 +656,33 @@ def _add_quality_verbs(data) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     p.set_defaults(func=cmd_data_synthesize)
 
+# ---- weight-only quantization (qwen25.inference.quantize) ------------------------------------------------------
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from qwen25.inference.quantize import quantize_checkpoint
+
+    out = quantize_checkpoint(args.model, args.out, args.scheme, group_size=args.group_size, lm_head=args.lm_head,
+                              overwrite=args.force, method=args.method)
+    print(f"wrote {out}")
+
+
+def _add_quantize_verb(sub) -> None:
+    p = sub.add_parser("quantize", help="int8 / int4 weight-only quantization for CPU inference -> a directory "
+                       "that --model accepts")
+    p.add_argument("--model", required=True, help="HF model directory or a fetched model name")
+    p.add_argument("--scheme", choices=["int8", "int4"], required=True,
+                   help="int8: per output channel, symmetric; int4: groups of --group-size columns with zeros")
+    p.add_argument("--group-size", type=int, choices=[32, 64, 128, 256],  # quant_kernels.INT4_GROUP_SIZES
+                   help="int4: input columns per scale and zero (default 128)")
+    p.add_argument("--lm-head", choices=["int8", "int4"],
+                   help="quantize the LM head too (default: keep it in the model's dtype)")
+    p.add_argument("--method", choices=["gptq", "rtn"], default="gptq",
+                   help="gptq: codes chosen against calibration text (Python's stdlib and docs, encoded with the "
+                   "model's tokenizer; a few minutes for 0.5B); rtn: nearest grid point (seconds, less accurate)")
+    p.add_argument("--out", required=True, help="the quantized model directory to write")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=cmd_quantize)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="qwen25", description=__doc__)
@@ -700,6 +727,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     p.add_argument("--max-batch", type=positive_int, default=16, help="sequences decoded together")
     p.add_argument("--max-queue", type=positive_int, default=64, help="waiting requests before 429")
+    p.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantization on load (round to nearest; "
+                   "`qwen25 quantize` writes a GPTQ directory instead)")
     p.set_defaults(func=cmd_serve)
 
     tok = sub.add_parser("tokenizer", help="build, train and use tokenizers").add_subparsers(dest="action", required=True)
@@ -795,6 +824,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_verbs(sub)
     _add_alignment_verbs(sub)
     _add_scaling_verbs(sub)
+
+    _add_quantize_verb(sub)
     return parser
 
 

@@ -1,6 +1,7 @@
 """Load a model the way a user names it, ready to run: a checkpoint directory, a fetched model's name
-(`qwen25 models fetch NAME`) or a preset name, with the attention its config asks for (a `dual_chunk_attention_config` serves with dual chunk attention, as vLLM
-does for Qwen2.5-1M).
+(`qwen25 models fetch NAME`), a quantized directory (`qwen25 quantize`) or a preset name, with the attention
+its config asks for (a `dual_chunk_attention_config` serves with dual chunk attention, as vLLM does for
+Qwen2.5-1M).
 
 This is the one place that joins the model package and the long-context backends, so `qwen25.model` never
 imports `qwen25.longctx`.
@@ -13,8 +14,9 @@ from pathlib import Path
 import torch
 
 from qwen25.inference.hub import KNOWN_MODELS, resolve_model_path
+from qwen25.inference.quantize import load_quantized, quantization_config
 from qwen25.longctx import configure
-from qwen25.model import Qwen2ForCausalLM, build_model, get_preset
+from qwen25.model import ModelConfig, Qwen2ForCausalLM, build_model, get_preset
 from qwen25.model import from_pretrained as _read_checkpoint
 
 
@@ -27,7 +29,11 @@ def prepare(model: Qwen2ForCausalLM) -> Qwen2ForCausalLM:
 
 def from_pretrained(path: str | Path, dtype: torch.dtype | str | None = None,
                     device: str | torch.device = "cpu") -> Qwen2ForCausalLM:
-    """An HF-format directory, loaded with the attention its config asks for."""
+    """An HF-format directory, loaded with the attention its config asks for; a quantized directory (a config
+    with a `quantization_config` from `qwen25 quantize`) gets its quantized layers."""
+    config_file = Path(path) / "config.json"
+    if config_file.is_file() and quantization_config(ModelConfig.from_file(config_file), str(config_file)):
+        return prepare(load_quantized(path, dtype=dtype, device=device))
     return prepare(_read_checkpoint(path, dtype=dtype, device=device))
 
 

@@ -338,6 +338,7 @@ CASES = [
     (["serve", "--model", "@model", "--max-batch", "0"], "--max-batch"),
     (["serve", "--model", "@model", "--max-queue", "x"], "--max-queue"),
     (["serve", "--model", "@model", "--tokenizer", "@nosuchtok"], "nosuchtok"),
+    (["serve", "--model", "@model", "--quantize", "int2"], "--quantize"),
     # scaling laws
     (["scaling", "sweep", "--recipe", "@nofile.toml"], "nofile.toml"),
     (["scaling", "sweep", "--recipe", "@bad.toml"], "not valid TOML"),
@@ -399,6 +400,18 @@ CASES = [
      "passkey"),
     (["data", "decontaminate", "--input", "@queries.jsonl", "--against", "humaneval", "--out", "@clean.jsonl"],
      "queries.jsonl:1"),
+    # quantize
+    (["quantize", "--model", "@missing", "--scheme", "int8", "--out", "@q"], "missing"),
+    (["quantize", "--model", "@notjson", "--scheme", "int8", "--out", "@q"], "not valid JSON"),
+    (["quantize", "--model", "@model", "--scheme", "int3", "--out", "@q"], "--scheme"),
+    (["quantize", "--model", "@model", "--scheme", "int4", "--group-size", "48", "--out", "@q"], "--group-size"),
+    (["quantize", "--model", "@model", "--scheme", "int8", "--group-size", "64", "--out", "@q"], "--group-size 64"),
+    (["quantize", "--model", "@model", "--scheme", "int4", "--group-size", "64", "--out", "@q"], "group size 64"),
+    (["quantize", "--model", "@model", "--scheme", "int8", "--lm-head", "fp8", "--out", "@q"], "--lm-head"),
+    (["quantize", "--model", "@model", "--scheme", "int8", "--out", "@full"], "full"),
+    (["quantize", "--model", "@model", "--scheme", "int8"], "--out"),
+    (["quantize", "--model", "@model", "--scheme", "int8", "--method", "awq", "--out", "@q"], "--method"),
+    (["quantize", "--model", "@bare", "--scheme", "int8", "--method", "gptq", "--out", "@q"], "bare"),
     # generic
     (["nosuchverb"], "nosuchverb"),
 ]

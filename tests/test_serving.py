@@ -413,3 +413,25 @@ def test_chat_page_in_headless_chromium_streams_the_greedy_reply(server, client)
     assert answer == alone.choices[0].message.content
     assert meta == "length · 12 tokens"
     assert len(seen) >= 2 and seen[-1] == answer and all(answer.startswith(t) for t in seen), seen
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_quantize_on_load_serves_the_quantized_models_greedy_reply(tmp_path, scheme):
+    from qwen25.inference.quantize import QuantizedLinear
+    from qwen25.serving.server import load_served_model
+
+    tiny_model().save_pretrained(tmp_path / "m")
+    load_tokenizer("qwen2.5").save(tmp_path / "m")
+    lm, tok, _ = load_served_model(str(tmp_path / "m"), quantize=scheme)
+    assert any(isinstance(m, QuantizedLinear) for m in lm.modules())
+    assert lm.config.extra["quantization_config"]["quant_method"] == f"qwen25-{scheme}"
+    ids = tok.encode_chat([{"role": "user", "content": "hello"}], add_generation_prompt=True)[0]
+    expected = Engine(lm, tok, kernels="linear").generate([ids], SamplingParams(max_new_tokens=8))[0]
+    with running_server(model=lm) as (url, _):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        reply = chat(client, "hello", max_tokens=8)
+    assert reply.choices[0].message.content == expected.completions[0].text
+    lm.save_pretrained(tmp_path / "q")
+    load_tokenizer("qwen2.5").save(tmp_path / "q")
+    with pytest.raises(ValueError, match="already quantized"):
+        load_served_model(str(tmp_path / "q"), quantize=scheme)

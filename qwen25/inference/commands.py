@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TextIO
 
 from qwen25.inference.engine import Engine
-from qwen25.inference.kernels import decision_table, measured_decisions
+from qwen25.inference.kernels import decision_table, measured_decisions, quantized_decisions, quantized_table
 from qwen25.inference.sampling import SamplingParams
 from qwen25.loading import load_model, resolve_model
 from qwen25.tokenizer import load_tokenizer
@@ -89,3 +89,6 @@ def kernels_command(model: str, dtype: str | None = None, remeasure: bool = Fals
     `remeasure` or when the cache lacks it (run it on a quiet machine: the choice is cached)."""
     lm = load_model(resolve_model(model), dtype=dtype).eval()
     print(decision_table(measured_decisions(lm, remeasure=remeasure)))
+    quantized = quantized_table(quantized_decisions(lm, remeasure=remeasure))
+    if quantized:
+        print(quantized)

@@ -9,11 +9,16 @@ whole layers, so the weights come from memory as they do in a real step, never f
 each row-count bucket (1, 2, 3-4, 5-8, 9-16), and keeps the fastest. F.linear and packed projections win
 ties (a 3% margin), being the ordinary path.
 
+Quantized layers (`qwen25.inference.quantize.QuantizedLinear`) ask another question of the same kind: up to
+how many rows their packed int8/int4 kernel beats dequantizing the weight and running one matmul
+(`quant_kernels.measure_kernel_rows`, per scheme, group size and shape); the answer is kept the same way.
+
 The choice is cached in `<cache>/kernels.json` (`qwen25.io.cache_dir`), keyed by CPU model, thread count,
-torch version, dtype, rows bucket and weight shape, with the timings that decided it. Overrides: the
-`QWEN25_KERNELS` environment variable or the `mode` argument, "auto" (measure or use the cache),
-"linear" (F.linear and packed projections everywhere: no measurement) or "weight-major" (torch.mv /
-W @ x.T for every decode shape, packed projections).
+torch version, dtype, rows bucket (or quantization scheme) and weight shape, with the timings that decided
+it. Overrides: the `QWEN25_KERNELS` environment variable or the `mode` argument, "auto" (measure or use the
+cache), "linear" (F.linear and packed projections everywhere, quantized kernels for one row: no measurement)
+or "weight-major" (torch.mv / W @ x.T for every decode shape, packed projections; quantized layers as with
+"linear").
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qwen25.inference.quant_kernels import measure_kernel_rows
+from qwen25.inference.quantize import QuantizedLinear
 from qwen25.io import atomic_write_text, cache_dir
 from qwen25.model.layers import FusedProjection, KernelPlan, kernel_plan, set_kernel_plan, weight_major_linear
 
@@ -183,7 +190,7 @@ def cache_file() -> Path:
     return cache_dir() / "kernels.json"
 
 
-def _read_cache() -> dict[str, dict]:
+def read_cache() -> dict[str, dict]:
     path = cache_file()
     if not path.is_file():
         return {}
@@ -194,8 +201,8 @@ def _read_cache() -> dict[str, dict]:
         return {}
 
 
-def _write_cache(entries: dict[str, dict]) -> None:
-    merged = _read_cache() | entries  # another process may have added its own model's shapes meanwhile
+def write_cache(entries: dict[str, dict]) -> None:
+    merged = read_cache() | entries  # another process may have added its own model's shapes meanwhile
     atomic_write_text(cache_file(), json.dumps({"version": 1, "entries": merged}, indent=1, sort_keys=True) + "\n")
 
 
@@ -203,8 +210,10 @@ def measured_decisions(model: nn.Module, remeasure: bool = False) -> dict[tuple,
     """{plan key: {"choice", "seconds"}} for this model's decode shapes on this machine: from the cache, or
     measured now (and cached) for the buckets the cache lacks."""
     sites = decode_sites(model)
+    if not sites:  # every matmul quantized (`quantized_decisions` has those)
+        return {}
     dtype = sites[0].weight.dtype
-    cached = {} if remeasure else _read_cache()
+    cached = {} if remeasure else read_cache()
     decisions: dict[tuple, dict] = {}
     new: dict[str, dict] = {}
     for bucket in BUCKETS:
@@ -221,7 +230,7 @@ def measured_decisions(model: nn.Module, remeasure: bool = False) -> dict[tuple,
         decisions |= measured
         new |= {key_text(k): v for k, v in measured.items()}
     if new:
-        _write_cache(new)
+        write_cache(new)
     return decisions
 
 
@@ -234,7 +243,10 @@ def install_kernels(model: nn.Module, mode: str | None = None) -> KernelPlan:
     plan = kernel_plan()
     if next(model.parameters()).device.type != "cpu":
         return plan
+    install_quantized_kernels(model, mode)
     sites = decode_sites(model)
+    if not sites:
+        return plan
     dtype = sites[0].weight.dtype
     shapes, packed = set(), set()
     for bucket in BUCKETS:
@@ -252,6 +264,64 @@ def install_kernels(model: nn.Module, mode: str | None = None) -> KernelPlan:
                       unfused=frozenset((plan.unfused - packed) | unfused))
     set_kernel_plan(plan)
     return plan
+
+
+def quantized_layers(model: nn.Module) -> list[QuantizedLinear]:
+    return [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+
+
+def quantized_key(layer: QuantizedLinear) -> str:
+    """A quantized layer's cache key: machine, dtype, scheme, group size and shape."""
+    dtype = str(layer.scales.dtype).removeprefix("torch.")
+    return (f"{machine()}|{dtype}|quant={layer.scheme}|g={layer.group_size or 0}|"
+            f"shape={layer.out_features}x{layer.in_features}")
+
+
+def quantized_decisions(model: nn.Module, remeasure: bool = False) -> dict[str, dict]:
+    """{cache key: {"rows", "seconds", "load"}} for this model's quantized layer shapes on this machine: up to
+    how many rows of input the packed kernel is used; from the cache, or measured now (about a second per
+    shape) and cached."""
+    cached = {} if remeasure else read_cache()
+    decisions: dict[str, dict] = {}
+    new: dict[str, dict] = {}
+    for layer in quantized_layers(model):
+        key = quantized_key(layer)
+        if key in decisions:
+            continue
+        if key in cached and isinstance(cached[key].get("rows"), int):
+            decisions[key] = cached[key]
+            continue
+        if not new:
+            log.warning("qwen25: measuring the quantized kernels for this machine and model shape (once, cached "
+                        "in %s; QWEN25_KERNELS=linear skips it)", cache_file())
+        measured = measure_kernel_rows(layer.scheme, layer.out_features, layer.in_features, layer.group_size,
+                                       layer.scales.dtype)
+        load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+        decisions[key] = new[key] = {**measured, "load": load}
+    if new:
+        write_cache(new)
+    return decisions
+
+
+def install_quantized_kernels(model: nn.Module, mode: str) -> None:
+    """Set each quantized layer's `packed_rows`: measured ("auto") or 1 (the other modes: no measurement)."""
+    layers = quantized_layers(model)
+    decisions = quantized_decisions(model) if mode == "auto" and layers else {}
+    for layer in layers:
+        layer.packed_rows = decisions[quantized_key(layer)]["rows"] if decisions else 1
+
+
+def quantized_table(decisions: dict[str, dict]) -> str:
+    """The quantized layers' crossovers as a markdown table (empty for a model without them)."""
+    if not decisions:
+        return ""
+    lines = ["| quantized layer | packed kernel up to rows | ms per rows: packed / dequantized | load at measurement |",
+             "|---|---|---|---|"]
+    for key, d in sorted(decisions.items()):
+        what = key.removeprefix(machine() + "|")
+        ms = ", ".join(f"{rows}: {1e3 * s[0]:.2f} / {1e3 * s[1]:.2f}" for rows, s in d["seconds"].items())
+        lines.append(f"| {what} | {d['rows']} | {ms} | {d.get('load', '')} |")
+    return "\n".join(lines)
 
 
 def decision_table(decisions: dict[tuple, dict]) -> str:

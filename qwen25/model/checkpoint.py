@@ -133,7 +133,9 @@ def load_state_dict(directory: str | Path, model: torch.nn.Module, dtype: torch.
                 raise CheckpointError(f"{path}: tensor '{key}' has shape {list(shape)}, the config implies "
                                       f"{list(expected[key])}")
             try:
-                state[key] = handle.get_tensor(key).to(dtype)
+                tensor = handle.get_tensor(key)
+                # integer tensors are quantized codes (qwen25.inference.quantize): they keep their dtype
+                state[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
             except (SafetensorError, RuntimeError) as e:
                 raise CheckpointError(f"{path}: cannot read tensor '{key}', the file may be truncated ({e})") from None
     return from_hf_tensors(state, model)

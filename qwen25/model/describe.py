@@ -51,8 +51,11 @@ def describe_model(name_or_dir: str) -> str:
     if path.exists():
         on_disk = _weights_total(path)
         tied_extra = cfg.vocab_size * cfg.hidden_size if cfg.tie_word_embeddings else 0
+        quantized = cfg.extra.get("quantization_config")
         if on_disk is None:
             lines.append("  (no weights in this directory: counted from config.json only)")
+        elif isinstance(quantized, dict):  # `qwen25 quantize`: codes and scales, not one element per parameter
+            lines.append(f"  (quantized, {quantized.get('quant_method')}: counted from config.json)")
         elif on_disk in (total, total + tied_extra):
             lines.append("  (counted from the weights' shapes, which agree with config.json)")
         else:
