@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test test-heavy bench clean
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-heavy: $(STAMP)  # minutes-long real-model quality checks (eval parity with transformers, quantization quality)
+	$(BIN)/python -m pytest -m heavy
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_inference.py

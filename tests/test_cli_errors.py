@@ -466,8 +466,9 @@ def test_non_utf8_argument_bytes(files):
 
 def test_ctrl_c_exits_130_with_one_line(tmp_path):
     """SIGINT in the middle of training: one line, exit 130."""
+    err_file = open(tmp_path / "stderr.txt", "w")  # a file, not a pipe: progress bars can never fill it and block
     proc = subprocess.Popen([sys.executable, "-m", "qwen25.cli", "longctx", "extrapolate", "--steps", "100000",
-                             "--samples", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             "--samples", "1"], stdout=subprocess.PIPE, stderr=err_file, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.time() + 300
     seen = ""
@@ -477,8 +478,10 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path):
             seen += proc.stdout.readline()
     assert "step" in seen, "the run never started training"
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    lines = [line for line in err.splitlines() if line.strip()]
+    proc.communicate(timeout=120)
+    err_file.close()
+    err = (tmp_path / "stderr.txt").read_text()
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
     assert proc.returncode == 130 and "Traceback" not in err and lines[-1].startswith("interrupted"), err[-2000:]
 
 

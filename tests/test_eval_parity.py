@@ -23,7 +23,7 @@ from qwen25.inference.hub import is_cached, model_dir
 
 REAL = "qwen2.5-coder-0.5b-instruct"
 TASKS = ("arc_easy", "arc_challenge", "hellaswag", "mmlu")
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.slow, pytest.mark.heavy,
               pytest.mark.skipif(not is_cached(REAL), reason=f"{REAL} not fetched (qwen25 models fetch {REAL})")]
 
 

@@ -3,9 +3,11 @@ long-context code (it registers its attention backends with the model from outsi
 
 import ast
 import importlib
+import os
 import pkgutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import qwen25
@@ -81,7 +83,11 @@ def test_model_does_not_import_long_context():
 def test_every_module_imports_alone():
     names = [m.name for m in pkgutil.walk_packages([str(ROOT)], prefix="qwen25.")]
     code = "import importlib, sys\nfor n in sys.argv[1:]:\n    importlib.import_module(n)\n"
-    for name in names:  # each in a fresh interpreter: an order-dependent circle shows up here
-        out = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, f"{name}: {out.stderr[-2000:]}"
+
+    def imports_alone(name):  # in a fresh interpreter: an order-dependent circle shows up here
+        return name, subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, timeout=300)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        for name, out in pool.map(imports_alone, names):
+            assert out.returncode == 0, f"{name}: {out.stderr[-2000:]}"
     assert importlib.import_module("qwen25.model")
