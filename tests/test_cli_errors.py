@@ -464,12 +464,19 @@ def test_non_utf8_argument_bytes(files):
     assert out.returncode == 2 and len(err.splitlines()) == 1 and "--text" in err and "UTF-8" in err
 
 
+def _as_from_a_shell():
+    """The child starts with SIGINT at its default and no signal blocked, as a command typed in a shell does,
+    whatever the test process inherited or changed (a child inherits ignored and blocked signals)."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_exits_130_with_one_line(tmp_path):
     """SIGINT in the middle of training: one line, exit 130."""
     err_file = open(tmp_path / "stderr.txt", "w")  # a file, not a pipe: progress bars can never fill it and block
     proc = subprocess.Popen([sys.executable, "-m", "qwen25.cli", "longctx", "extrapolate", "--steps", "100000",
                              "--samples", "1"], stdout=subprocess.PIPE, stderr=err_file, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_as_from_a_shell)
     deadline = time.time() + 300
     seen = ""
     while "step" not in seen and time.time() < deadline:  # wait until it is training
