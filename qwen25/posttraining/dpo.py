@@ -41,7 +41,7 @@ from qwen25.posttraining.sft import ModelSection
 from qwen25.posttraining.stage import StageRecipe, per_unit_means, prepare_run_dir
 from qwen25.tokenizer import load_tokenizer
 from qwen25.training import recipe as recipe_io
-from qwen25.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
+from qwen25.training.distributed import DistInfo, all_reduce_sum, barrier, run_stage
 from qwen25.training.losses import dpo_loss
 from qwen25.training.online_merging import MODES, build_online_merging
 from qwen25.training.recipe import RecipeError
@@ -201,12 +201,7 @@ def with_reference(table: torch.Tensor):
 
 def run_dpo(recipe: DPORecipe, resume: bool = False, fresh: bool = False, log=print) -> Path | None:
     """Train one pass of the pair data (or `data.epochs`); returns the exported HF directory (rank 0)."""
-    info = init_distributed(recipe.train.device)
-    log = log if info.main else (lambda *a, **k: None)
-    try:
-        return _run(recipe, info, resume, fresh, log)
-    finally:
-        shutdown()
+    return run_stage(_run, recipe, resume, fresh, log)
 
 
 def _autocast(train: TrainConfig, device: torch.device):

@@ -37,7 +37,7 @@ from qwen25.posttraining.sft import ModelSection
 from qwen25.posttraining.stage import StageRecipe, per_unit_means, prepare_run_dir
 from qwen25.tokenizer import QwenTokenizer, load_tokenizer
 from qwen25.training import recipe as recipe_io
-from qwen25.training.distributed import DistInfo, init_distributed, shutdown
+from qwen25.training.distributed import DistInfo, run_stage
 from qwen25.training.losses import bradley_terry_loss
 from qwen25.training.startup import full_state_dict, load_for_training
 from qwen25.training.trainer import LossOutput, Phase, TrainConfig, Trainer
@@ -175,12 +175,7 @@ def load_rm_recipe(path: str | Path, overrides: list[str] | None = None) -> RMRe
 
 def run_rm(recipe: RMRecipe, resume: bool = False, fresh: bool = False, log=print) -> Path | None:
     """Train, export `<run>/hf`, and write `<run>/rm_eval.json` (held-out pairwise accuracy per category)."""
-    info = init_distributed(recipe.train.device)
-    log = log if info.main else (lambda *a, **k: None)
-    try:
-        return _run(recipe, info, resume, fresh, log)
-    finally:
-        shutdown()
+    return run_stage(_run, recipe, resume, fresh, log)
 
 
 def _run(recipe: RMRecipe, info: DistInfo, resume: bool, fresh: bool, log) -> Path | None:

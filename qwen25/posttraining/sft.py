@@ -22,7 +22,7 @@ from qwen25.posttraining.conversations import EncodeStats, Example, load_example
 from qwen25.posttraining.packing import PackedConversations, heldout_batches
 from qwen25.tokenizer import QwenTokenizer, load_tokenizer
 from qwen25.training import recipe as recipe_io
-from qwen25.training.distributed import DistInfo, init_distributed, shutdown
+from qwen25.training.distributed import DistInfo, run_stage
 from qwen25.training.losses import causal_lm_loss, count_target_tokens, summarize_moe_logs
 from qwen25.training.optim import Schedule
 from qwen25.training.recipe import RecipeError
@@ -146,12 +146,7 @@ class Offset:
 
 def run_sft(recipe: SFTRecipe, resume: bool = False, fresh: bool = False, log=print) -> Path | None:
     """Train every phase; returns the final HF directory (rank 0)."""
-    info = init_distributed(recipe.train.device)
-    log = log if info.main else (lambda *a, **k: None)
-    try:
-        return _run(recipe, info, resume, fresh, log)
-    finally:
-        shutdown()
+    return run_stage(_run, recipe, resume, fresh, log)
 
 
 def _run(recipe: SFTRecipe, info: DistInfo, resume: bool, fresh: bool, log) -> Path | None:

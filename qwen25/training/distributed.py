@@ -89,3 +89,14 @@ def barrier(info: DistInfo) -> None:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_stage(body, recipe, resume: bool, fresh: bool, log):
+    """A stage's entry point: `body(recipe, info, resume, fresh, log)` between process-group setup and teardown,
+    with `log` silent on every rank but the first."""
+    info = init_distributed(recipe.train.device)
+    log = log if info.main else (lambda *a, **k: None)
+    try:
+        return body(recipe, info, resume, fresh, log)
+    finally:
+        shutdown()
