@@ -278,17 +278,18 @@ def cmd_grpo_run(args: argparse.Namespace) -> None:
 
 
 def _add_alignment_verbs(sub) -> None:
-    for verb, action, func, what, example in (
+    for verb, action, func, what, example, override in (
             ("rm", "train", cmd_rm_train, "reward model on preference pairs (Bradley-Terry); per-category accuracy",
-             "recipes/rm-tiny.toml"),
-            ("dpo", "run", cmd_dpo_run, "DPO on preference pairs with the Online Merging Optimizer", "recipes/dpo-tiny.toml"),
+             "recipes/rm-tiny.toml", "--set lr=5e-4 --set data.epochs=1"),
+            ("dpo", "run", cmd_dpo_run, "DPO on preference pairs with the Online Merging Optimizer", "recipes/dpo-tiny.toml",
+             "--set lr=1e-5 --set data.epochs=2"),
             ("grpo", "run", cmd_grpo_run, "GRPO with rule and/or reward-model rewards, variance-ordered queries",
-             "recipes/grpo-tiny.toml")):
+             "recipes/grpo-tiny.toml", "--set steps=30 --set rollout.steps_per_rollout=2")):
         p = sub.add_parser(verb, help=what).add_subparsers(dest="action", required=True)
         p = p.add_parser(action, help=f"{what} (torchrun-aware); HF export at the end")
         p.add_argument("--recipe", required=True, help=f"TOML recipe, e.g. {example}")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a recipe value, e.g. --set lr=1e-6 --set data.epochs=2")
+                       help=f"override a recipe value, e.g. {override}")
         mode = p.add_mutually_exclusive_group()
         mode.add_argument("--resume", action="store_true", help="continue from the run's latest intact checkpoint")
         mode.add_argument("--fresh", action="store_true", help="start over in the run's directory")
@@ -422,7 +423,7 @@ def _add_curation_verbs(data) -> None:
     _add_model_flags(p)
     p.set_defaults(func=cmd_data_crosslingual)
     p = data.add_parser("critic", help="keep SFT records only when a critic model and every scorer rate them top")
-    p.add_argument("--sft", required=True, help="SFT JSONL (e.g. a run's sft.jsonl)")
+    p.add_argument("--sft", required=True, help="SFT JSONL, as `qwen25 data sft-build` writes it")
     p.add_argument("--out", required=True, help="JSONL of kept records (judgements next to it)")
     p.add_argument("--samples", type=positive_int, default=1, help="critic judgements per response")
     p.add_argument("--top-rating", type=int_at_least(1, 10), default=9, help="lowest rating (1-10) that is top")
@@ -772,7 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pipe = sub.add_parser("pipeline", help="every stage end to end (what `make run` runs)").add_subparsers(
         dest="action", required=True)
-    p = pipe.add_parser("run", help="pretraining -> SFT -> one report (runs/tiny/report.md)")
+    p = pipe.add_parser("run", help="pretraining -> SFT -> DPO, reward model, GRPO -> evaluation -> one report (runs/tiny/report.md)")
     p.add_argument("--pretrain-recipe", default="recipes/tiny.toml")
     p.add_argument("--sft-recipe", default="recipes/sft-tiny.toml")
     p.add_argument("--fresh", action="store_true", help="start over (prepared data is kept)")
@@ -783,7 +784,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sft.add_parser("run", help="train the phases of an SFT recipe (torchrun-aware); HF export per phase")
     p.add_argument("--recipe", required=True, help="TOML recipe, e.g. recipes/sft-tiny.toml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe value, e.g. --set lr=1e-5 --set phases.0.epochs=1")
+                   help="override a recipe value, e.g. --set lr=1e-3 --set phases.0.epochs=1")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue from the run's latest intact checkpoint")
     mode.add_argument("--fresh", action="store_true", help="start over in the run's directory")
