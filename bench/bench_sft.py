@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import tempfile
 import time
@@ -28,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from qwen25.hardware import cpu_model  # noqa: E402
 from qwen25.model import build_model, get_preset  # noqa: E402
 from qwen25.posttraining.conversations import encode_conversation, normalise_messages  # noqa: E402
 from qwen25.posttraining.offline_data import (  # noqa: E402
@@ -43,15 +43,6 @@ from qwen25.training.distributed import DistInfo  # noqa: E402
 from qwen25.training.losses import causal_lm_loss, count_target_tokens  # noqa: E402
 from qwen25.training.trainer import TrainConfig, Trainer  # noqa: E402
 
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def conversations(n: int, seed: int) -> list[dict]:

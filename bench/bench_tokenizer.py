@@ -17,27 +17,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from statistics import median
 
 import tiktoken
 
 from qwen25.data import sources
+from qwen25.hardware import cpu_model
 from qwen25.tokenizer import CONTROL_TOKENS, PAT, load_tokenizer
 from qwen25.tokenizer.fast import usable_cpus
 from qwen25.tokenizer.official import find_tiktoken_file, load_tiktoken_ranks
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def seconds(fn) -> tuple[float, float]:

@@ -2,9 +2,10 @@
 
 Decoding multiplies every weight by 1-16 rows, and which PyTorch kernel streams a weight fastest for so few
 rows differs between CPUs: `torch.mv` / `W @ x.T` ("weight-major") beat F.linear's GEMM path on one Intel
-Sapphire Rapids and lose to it on an AMD EPYC (docs/benchmarks.md). Whether q/k/v and gate/up run as one
+Sapphire Rapids and lose to it on an AMD EPYC (docs/benchmarks.md), where oneDNN's linear on a weight
+reordered into its blocked layout ("onednn", what inductor's CPU prepacking uses) beats both. Whether q/k/v and gate/up run as one
 packed matmul or as separate ones is the same kind of question. So nothing is assumed: at first use the
-engine times both kernels, packed and separate, on this model's own weights in decode order (passes of
+engine times every kernel, packed and separate, on this model's own weights in decode order (passes of
 whole layers, so the weights come from memory as they do in a real step, never from a warm cache), for
 each row-count bucket (1, 2, 3-4, 5-8, 9-16), and keeps the fastest. F.linear and packed projections win
 ties (a 3% margin), being the ordinary path.
@@ -17,17 +18,15 @@ The choice is cached in `<cache>/kernels.json` (`qwen25.io.cache_dir`), keyed by
 torch version, dtype, rows bucket (or quantization scheme) and weight shape, with the timings that decided
 it. Overrides: the `QWEN25_KERNELS` environment variable or the `mode` argument, "auto" (measure or use the
 cache), "linear" (F.linear and packed projections everywhere, quantized kernels for one row: no measurement)
-or "weight-major" (torch.mv / W @ x.T for every decode shape, packed projections; quantized layers as with
-"linear").
+"weight-major" (torch.mv / W @ x.T for every decode shape, packed projections; quantized layers as with
+"linear") or "onednn" (oneDNN's layout for every decode shape, where PyTorch has oneDNN; likewise).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
-import platform
 import re
 import time
 from collections import defaultdict
@@ -38,16 +37,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qwen25.hardware import cpu_model
 from qwen25.inference.quant_kernels import measure_kernel_rows
 from qwen25.inference.quantize import QuantizedLinear
 from qwen25.io import atomic_write_text, cache_dir
-from qwen25.model.layers import FusedProjection, KernelPlan, kernel_plan, set_kernel_plan, weight_major_linear
+from qwen25.model.layers import (FusedProjection, KernelPlan, kernel_plan, onednn_available, onednn_linear,
+                                 set_kernel_plan, weight_major_linear)
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "linear", "weight-major")
+MODES = ("auto", "linear", "weight-major", "onednn")
 BUCKETS = (1, 2, 4, 8, 16)
-KERNELS = {"linear": F.linear, "weight-major": weight_major_linear}
+KERNELS = {"linear": F.linear, "weight-major": weight_major_linear} | (
+    {"onednn": onednn_linear} if onednn_available() else {})
+CACHE_VERSION = 2  # 2: oneDNN's layout among the kernels (version-1 entries never timed it)
 MARGIN = 0.03  # the ordinary path (F.linear, packed) wins unless the other is this much faster
 PASS_BYTES = 128 * 2**20  # layers per timing pass: at least this many weight bytes, past a CPU's caches
 
@@ -71,18 +74,6 @@ class Site:
     def plan_key(self, dtype: torch.dtype, bucket: int) -> tuple:
         """A packed projection's key in `KernelPlan.unfused` (as `FusedProjection.plan_key` makes it)."""
         return (dtype, bucket, self.sizes, self.weight.shape[1])
-
-
-@functools.cache
-def cpu_model() -> str:
-    """The CPU's model name as lscpu shows it (Linux), else what `platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> str:
@@ -165,7 +156,7 @@ def measure_bucket(sites: list[Site], bucket: int, repeats: int = 5) -> dict[tup
         site = sites[n]
         w = site.weight if part is None or part == -1 else site.parts[part][0]
         shape_seconds[_shape_key(dtype, bucket, w)][kernel] += seconds
-    decisions = {key: {"choice": _faster("linear", "weight-major", seconds), "seconds": seconds}
+    decisions = {key: {"choice": _fastest("linear", seconds), "seconds": seconds}
                  for key, seconds in shape_seconds.items()}
     kernel_of = {key: d["choice"] for key, d in decisions.items()}
     grouped: dict[tuple, dict[str, float]] = defaultdict(lambda: {"packed": 0.0, "separate": 0.0})
@@ -177,13 +168,15 @@ def measure_bucket(sites: list[Site], bucket: int, repeats: int = 5) -> dict[tup
         seconds["separate"] += sum(best[(n, i, kernel_of[_shape_key(dtype, bucket, w)])]
                                    for i, (w, _) in enumerate(site.parts))
     for key, seconds in grouped.items():
-        decisions[key] = {"choice": _faster("packed", "separate", seconds), "seconds": seconds}
+        decisions[key] = {"choice": _fastest("packed", seconds), "seconds": seconds}
     load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     return {key: {**d, "load": load} for key, d in decisions.items()}
 
 
-def _faster(ordinary: str, other: str, seconds: dict[str, float]) -> str:
-    return other if seconds[other] < (1 - MARGIN) * seconds[ordinary] else ordinary
+def _fastest(ordinary: str, seconds: dict[str, float]) -> str:
+    """The fastest option, unless it beats the ordinary one by less than MARGIN."""
+    best = min(seconds, key=seconds.get)
+    return best if seconds[best] < (1 - MARGIN) * seconds[ordinary] else ordinary
 
 
 def cache_file() -> Path:
@@ -195,7 +188,8 @@ def read_cache() -> dict[str, dict]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text()).get("entries", {})
+        data = json.loads(path.read_text())
+        return data.get("entries", {}) if data.get("version") == CACHE_VERSION else {}  # older: measured again
     except (json.JSONDecodeError, AttributeError):
         log.warning("%s: not a kernel cache (unreadable JSON); measuring again", path)
         return {}
@@ -203,7 +197,8 @@ def read_cache() -> dict[str, dict]:
 
 def write_cache(entries: dict[str, dict]) -> None:
     merged = read_cache() | entries  # another process may have added its own model's shapes meanwhile
-    atomic_write_text(cache_file(), json.dumps({"version": 1, "entries": merged}, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(cache_file(),
+                      json.dumps({"version": CACHE_VERSION, "entries": merged}, indent=1, sort_keys=True) + "\n")
 
 
 def measured_decisions(model: nn.Module, remeasure: bool = False) -> dict[tuple, dict]:
@@ -252,16 +247,21 @@ def install_kernels(model: nn.Module, mode: str | None = None) -> KernelPlan:
     for bucket in BUCKETS:
         s, p = _all_keys(sites, dtype, bucket)
         shapes, packed = shapes | s, packed | p
-    if mode == "linear":
-        weight_major, unfused = set(), set()
-    elif mode == "weight-major":
-        weight_major, unfused = shapes, set()
-    else:
+    if mode == "onednn" and "onednn" not in KERNELS:
+        raise ValueError("kernels mode onednn: this PyTorch build has no oneDNN (torch.backends.mkldnn)")
+    weight_major, onednn, unfused = set(), set(), set()
+    if mode == "weight-major":
+        weight_major = shapes
+    elif mode == "onednn":
+        onednn = shapes
+    elif mode == "auto":
         decisions = measured_decisions(model)
         weight_major = {k for k in shapes if decisions[k]["choice"] == "weight-major"}
+        onednn = {k for k in shapes if decisions[k]["choice"] == "onednn"}
         unfused = {k for k in packed if decisions[k]["choice"] == "separate"}
     plan = KernelPlan(weight_major=frozenset((plan.weight_major - shapes) | weight_major),
-                      unfused=frozenset((plan.unfused - packed) | unfused))
+                      unfused=frozenset((plan.unfused - packed) | unfused),
+                      onednn=frozenset((plan.onednn - shapes) | onednn))
     set_kernel_plan(plan)
     return plan
 
@@ -327,7 +327,7 @@ def quantized_table(decisions: dict[str, dict]) -> str:
 def decision_table(decisions: dict[tuple, dict]) -> str:
     """The choices as a markdown table: rows bucket, weight shape (or packed projection), choice, timings."""
     lines = [f"machine: {machine()}",
-             "| rows | weight | choice | ms: F.linear / weight-major (packed / separate) | load at measurement |",
+             f"| rows | weight | choice | ms: {' / '.join(KERNELS)} (packed / separate) | load at measurement |",
              "|---|---|---|---|---|"]
     for key, d in sorted(decisions.items(), key=lambda kv: (kv[0][1], isinstance(kv[0][2], tuple), kv[0][2:])):
         _, bucket, a, b = key

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 DECODE_ROWS = 16  # matmuls of at most this many rows (decoding) may take a kernel the plan chose by measurement
 
@@ -26,6 +27,7 @@ class KernelPlan:
 
     weight_major: keys (weight dtype, rows bucket, out_features, in_features) that run `weight_major_linear`
       instead of F.linear.
+    onednn: keys of the same form that run `onednn_linear` (the weight in oneDNN's blocked layout).
     unfused: keys (weight dtype, rows bucket, output sizes, in_features) of fused projections (q/k/v, gate/up)
       that run as separate matmuls instead of one.
     The empty plan (the default, and what training sees) is F.linear and fused projections everywhere.
@@ -33,6 +35,7 @@ class KernelPlan:
 
     weight_major: frozenset[tuple] = frozenset()
     unfused: frozenset[tuple] = frozenset()
+    onednn: frozenset[tuple] = frozenset()
 
 
 _plan = KernelPlan()
@@ -63,6 +66,38 @@ def weight_major_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     return y.t().contiguous().view(*x.shape[:-1], -1)  # row-major like F.linear: kernels downstream expect it
 
 
+ONEDNN_ROWS_HINT = 8  # the row count oneDNN blocks a reordered weight for (one layout serves every decode bucket)
+_onednn_weights = WeakIdKeyDictionary()  # weight -> ((address, version), the weight in oneDNN's layout)
+
+
+def onednn_available() -> bool:
+    """True where PyTorch's oneDNN linear ops exist (x86 and ARM CPU builds)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+def _stamp(weight: torch.Tensor) -> tuple[int, int]:
+    try:
+        return weight.data_ptr(), weight._version
+    except RuntimeError:  # an inference tensor has no version counter; it cannot be updated in place either
+        return weight.data_ptr(), -1
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear through oneDNN with the weight reordered once into oneDNN's blocked layout (what inductor's CPU
+    weight prepacking does). On some CPUs this streams a weight for a few rows much faster than F.linear's
+    GEMM path (measured, not assumed: `KernelPlan`). The reordered copy is kept beside the weight (memory: one
+    more copy of the weights that take this kernel) and redone when the weight changes (a new tensor, or an
+    in-place update such as an optimizer step between GRPO rollouts). No autograd: callers use it in
+    inference only."""
+    stamp = _stamp(weight)
+    entry = _onednn_weights.get(weight)
+    if entry is None or entry[0] != stamp:
+        with torch.no_grad():
+            entry = (stamp, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), ONEDNN_ROWS_HINT))
+        _onednn_weights[weight] = entry
+    return torch.ops.mkldnn._linear_pointwise(x, entry[1], bias, "none", [], "")
+
+
 def _decode_bucket(x: torch.Tensor) -> int | None:
     """The rows bucket of a CPU decode-sized input, else None."""
     if x.device.type != "cpu" or not x.shape[-1]:
@@ -72,11 +107,17 @@ def _decode_bucket(x: torch.Tensor) -> int | None:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, or the weight-major kernel for the few-row shapes where the kernel plan measured it faster."""
-    if _plan.weight_major:
+    """F.linear, or the kernel the plan measured faster for this few-row shape (weight-major; oneDNN's
+    layout when no gradient is wanted)."""
+    if _plan.weight_major or _plan.onednn:
         bucket = _decode_bucket(x)
-        if bucket is not None and (weight.dtype, bucket, *weight.shape) in _plan.weight_major:
-            return weight_major_linear(x, weight, bias)
+        if bucket is not None:
+            key = (weight.dtype, bucket, *weight.shape)
+            if key in _plan.onednn and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)) \
+                    and not torch.compiler.is_compiling():
+                return onednn_linear(x, weight, bias)
+            if key in _plan.weight_major:
+                return weight_major_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from qwen25.data.corpus import read_jsonl
+from qwen25.hardware import cpu_model
 from qwen25.io import atomic_write_text
 
 
@@ -54,9 +55,11 @@ def flops_per_token(cfg, seq_len: int) -> float:
 
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype, cache: Path | None = None) -> float:
-    """Best FLOP/s of square matmuls on this device: the denominator of MFU, measured, not from a data sheet."""
-    key = f"{device.type}:{torch.cuda.get_device_name(device) if device.type == 'cuda' else os.cpu_count()}:" \
-          f"{torch.get_num_threads()}:{dtype}"
+    """Best FLOP/s of square matmuls on this device: the denominator of MFU, measured, not from a data sheet.
+    Cached per device model (the CPU's model name, not only its core count: the machines here change between
+    Intel and AMD), thread count, torch version and dtype."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_model()}:{os.cpu_count()}"
+    key = f"{device.type}:{name}:{torch.get_num_threads()}:{torch.__version__}:{dtype}"
     if cache and cache.is_file():
         known = json.loads(cache.read_text())
         if key in known:
