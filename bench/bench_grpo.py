@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 from qwen25.inference.sampling import SamplingParams  # noqa: E402
 from qwen25.model import build_model, from_pretrained, get_preset  # noqa: E402
-from qwen25.posttraining.alignment_data import math_query, small_arithmetic, synthetic_pair  # noqa: E402
+from qwen25.posttraining.alignment_data import math_query, synthetic_pair, two_digit_arithmetic  # noqa: E402
 from qwen25.posttraining.dpo import count_pairs, make_dpo_loss, sequence_logps  # noqa: E402
 from qwen25.posttraining.grpo import GRPORecipe, GRPOSource, make_grpo_loss, units_counter  # noqa: E402
 from qwen25.posttraining.pairs import collate_pairs, load_pairs  # noqa: E402
@@ -136,7 +136,8 @@ def bench_dpo(args, path: Path, tok) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     rng = random.Random(0)
-    rows = [synthetic_pair("math-corrupted", small_arithmetic(rng), rng) for _ in range(args.pairs * (args.repeats + 1))]
+    rows = [synthetic_pair("math-corrupted", two_digit_arithmetic(rng), rng)
+            for _ in range(args.pairs * (args.repeats + 1))]
     file = Path(tempfile.mkdtemp(prefix="bench_dpo_")) / "pairs.jsonl"
     file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     pairs = load_pairs([file], tok, 512)
@@ -210,7 +211,7 @@ def main() -> None:
     tok = load_tokenizer("qwen2.5")
     path = save_random_model(args.preset, Path(tempfile.mkdtemp(prefix="bench_grpo_model_")) / "m")
     rng = random.Random(0)
-    problems = [small_arithmetic(rng) for _ in range(args.queries)]
+    problems = [two_digit_arithmetic(rng) for _ in range(args.queries)]
     queries = [math_query(p, f"q{i}", "bench") for i, p in enumerate(problems)]
     prompts = [tok.encode_chat(q.messages, add_generation_prompt=True)[0] for q in queries]
     print(f"{cpu_model()}, {os.cpu_count()} cpus, torch {torch.__version__}, threads {torch.get_num_threads()}, "

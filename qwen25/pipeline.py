@@ -84,12 +84,13 @@ def run_all(pretrain_recipe: str = "recipes/tiny.toml", sft_recipe: str = "recip
                           [{"prompt": p, "before": b, "after": a}
                            for p, b, a in zip(SAMPLE_PROMPTS, before_samples, after_samples)],
                           (time.perf_counter() - t1) / 60)
-    section += run_alignment(run_dir, final, data_dir, tok, dpo, rm, grpo, {"math": problems}, log)
+    aligned, scores = run_alignment(run_dir, final, data_dir, tok, dpo, rm, grpo, {"math": problems}, log)
+    section += aligned
     t2 = time.perf_counter()
     stages = {"pretrained": Path(sft.model.path), "sft": final, "dpo": dpo.directory / "hf",
               "grpo": grpo.directory / "hf"}
     rows = evaluate_stages(stages, run_dir / "eval", log=log)
-    heldout = {"pretrained": before, "sft": after}
+    heldout = {"pretrained": before, "sft": after, "dpo": scores["DPO"]["math"], "grpo": scores["GRPO"]["math"]}
     plot_stages(rows, heldout, run_dir / "eval_stages.png")
     section += "\n" + stages_section(rows, heldout, len(problems), "eval_stages.png", (time.perf_counter() - t2) / 60)
     text = report.read_text()
@@ -101,9 +102,10 @@ def run_all(pretrain_recipe: str = "recipes/tiny.toml", sft_recipe: str = "recip
 
 
 def run_alignment(run_dir: Path, sft_final: Path, sft_data: Path, tok, dpo, rm, grpo, evals: dict[str, list],
-                  log=print, spec: AlignmentDataSpec | None = None) -> str:
+                  log=print, spec: AlignmentDataSpec | None = None) -> tuple[str, dict[str, dict[str, float]]]:
     """Pairs and queries -> DPO (from the SFT model) -> reward model -> GRPO (from the DPO model); held-out
-    exact-answer accuracy after every stage. Returns the report's alignment sections."""
+    exact-answer accuracy after every stage. Returns the report's alignment sections and the accuracies
+    ({"SFT" | "DPO" | "GRPO": {eval set: accuracy}})."""
     t0 = time.perf_counter()
     data_dir = Path(dpo.data.train[0]).parent
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -131,4 +133,4 @@ def run_alignment(run_dir: Path, sft_final: Path, sft_data: Path, tok, dpo, rm, 
     rm_eval = json.loads((rm.directory / "rm_eval.json").read_text())
     return alignment_section(counts, scores, {k: len(v) for k, v in evals.items()}, rm_eval, dpo, grpo,
                              list(read_jsonl(dpo.directory / "metrics.jsonl")),
-                             list(read_jsonl(grpo.directory / "metrics.jsonl")), minutes)
+                             list(read_jsonl(grpo.directory / "metrics.jsonl")), minutes), scores

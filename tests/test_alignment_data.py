@@ -6,7 +6,8 @@ import json
 import re
 
 from qwen25.io import read_jsonl
-from qwen25.posttraining.alignment_data import AlignmentDataSpec, build_alignment_data, corrupted, small_arithmetic
+from qwen25.posttraining.alignment_data import (AlignmentDataSpec, build_alignment_data, corrupted,
+                                                two_digit_arithmetic)
 from qwen25.posttraining.pairs import load_pairs
 from qwen25.tokenizer import load_tokenizer
 
@@ -57,7 +58,7 @@ def test_corrupted_answers_differ_and_keep_the_working():
 
     rng = random.Random(0)
     for _ in range(200):
-        p = small_arithmetic(rng)
+        p = two_digit_arithmetic(rng)
         bad = corrupted(p, rng)
         assert bad.answer != p.answer and bad.answer >= 0
         assert bad.working.rsplit("=", 1)[0] == p.working.rsplit("=", 1)[0]

@@ -40,8 +40,9 @@ def test_run_alignment_runs_every_stage_and_writes_the_sections(tmp_path):
     spec = AlignmentDataSpec(grpo_queries=8, grpo_heldout=4, pair_queries=4, pair_samples=2, pair_target=16,
                              rm_pairs=8, rm_heldout=4)
     logs = []
-    section = run_alignment(tmp_path, sft, sft_data, load_tokenizer(sft), dpo, rm, grpo, {"math": problems},
-                            log=logs.append, spec=spec)
+    section, scores = run_alignment(tmp_path, sft, sft_data, load_tokenizer(sft), dpo, rm, grpo, {"math": problems},
+                                    log=logs.append, spec=spec)
+    assert set(scores) == {"SFT", "DPO", "GRPO"} and all(set(v) == {"math", "grpo task"} for v in scores.values())
     for title in ("## DPO with the Online Merging Optimizer", "## Reward model", "## GRPO",
                   "## Held-out exact-answer accuracy after each stage"):
         assert title in section

@@ -28,6 +28,30 @@ def arithmetic(rng: random.Random) -> Problem:
     return Problem(f"{a} {op} {b} =", answer, f"{a} {op} {b} = {answer}")
 
 
+def small_arithmetic(rng: random.Random) -> Problem:
+    """A two-digit number plus or minus a one-digit one (never below zero), asked as "What is 47 + 8?": the
+    drill a tiny model can learn (`make run`'s SFT mixes it in, and it is the GRPO task)."""
+    a, b = rng.randint(10, 99), rng.randint(1, 9)
+    if rng.random() < 0.5:
+        return Problem(f"What is {a} + {b}?", a + b, f"{a} + {b} = {a + b}")
+    return Problem(f"What is {a} - {b}?", a - b, f"{a} - {b} = {a - b}")
+
+
+def larger_number(rng: random.Random) -> Problem:
+    """"Which is larger, 47 or 82?" over two different two-digit numbers: a comparison a tiny model learns from
+    a few hundred SFT examples (`make run`'s SFT mixes it in; its GRPO task is `largest_of_three`)."""
+    a, b = rng.sample(range(10, 100), 2)
+    return Problem(f"Which is larger, {a} or {b}?", max(a, b), f"{max(a, b)} > {min(a, b)}")
+
+
+def largest_of_three(rng: random.Random) -> Problem:
+    """"Which is the largest of 47, 82 and 63?" over three different two-digit numbers: `make run`'s GRPO task.
+    SFT teaches the two-number question (`larger_number`) and never this one, so every question of the task is
+    new to the model and what it gains here comes from reinforcement."""
+    a, b, c = rng.sample(range(10, 100), 3)
+    return Problem(f"Which is the largest of {a}, {b} and {c}?", max(a, b, c), f"{max(a, b, c)} is the largest")
+
+
 _NAMES = ["Alice", "Bob", "Chen", "Dana", "Emil", "Fatima", "Gao", "Hiro"]
 _ITEMS = ["apples", "books", "marbles", "coins", "pencils", "stamps"]
 _ZH_NAMES = ["小明", "小红", "张伟", "李娜", "王芳", "刘洋"]

@@ -1,8 +1,9 @@
 """Data for `make run`'s alignment stages, from the project's own generators (never an evaluation set):
 
-- GRPO queries and a held-out set on one verifiable task the tiny model can learn: two-number additions and
-  subtractions with operands below 100, asked as the SFT data asks them ("What is 47 + 38?"), verified by the
-  math verifier against the computed answer;
+- GRPO queries and a held-out set on one verifiable task: the largest of three two-digit numbers
+  (`synthetic_math.largest_of_three`, "Which is the largest of 47, 82 and 63?"), verified by the math verifier
+  against the computed answer. SFT teaches the two-number comparison and never this question, so the model
+  starts with the format and a related skill, and what it gains comes from the rewards;
 - DPO pairs by the verifiers pipeline (`qwen25/data/curation.py`): the SFT model samples k responses to math
   queries, the math verifier judges them, a passing and a failing response of the same query make a pair; where
   the model produced no such pair for enough queries, pairs of the worked correct answer against a corrupted one
@@ -27,13 +28,14 @@ from pathlib import Path
 from qwen25.data.curation import curate
 from qwen25.data.generators import Generator
 from qwen25.data.queries import Query, write_queries
-from qwen25.data.synthetic_math import Problem, word_problem
+from qwen25.data.synthetic_math import Problem, largest_of_three, word_problem
 from qwen25.io import atomic_write_text, read_jsonl
 from qwen25.posttraining.offline_data import math_reply
 
 
-def small_arithmetic(rng: random.Random) -> Problem:
-    """a + b or a - b with two-digit operands (a subtraction never goes below zero)."""
+def two_digit_arithmetic(rng: random.Random) -> Problem:
+    """a + b or a - b with two-digit operands (a subtraction never goes below zero): the preference pairs' and
+    reward model's arithmetic (8,100 questions, enough to stay clear of SFT's)."""
     a, b = rng.randint(10, 99), rng.randint(10, 99)
     if rng.random() < 0.5:
         return Problem(f"What is {a} + {b}?", a + b, f"{a} + {b} = {a + b}")
@@ -47,12 +49,21 @@ def math_query(problem: Problem, qid: str, source: str) -> Query:
                  reference=math_reply(problem, zh=False))
 
 
-def unique_problems(make, rng: random.Random, seen: set[str]) -> Iterator[Problem]:
+def unique_problems(make, rng: random.Random, seen: set[str], max_misses: int = 100_000) -> Iterator[Problem]:
+    """Problems from `make` whose questions are not in `seen` (which grows); an error, not a hang, when the
+    generator has no new question left."""
+    misses = 0
     while True:
         p = make(rng)
         if p.question not in seen:
             seen.add(p.question)
+            misses = 0
             yield p
+        else:
+            misses += 1
+            if misses >= max_misses:
+                raise ValueError(f"{getattr(make, '__name__', make)}: no new question in {max_misses:,} draws "
+                                 f"({len(seen):,} used); ask for fewer problems")
 
 
 def corrupted(problem: Problem, rng: random.Random) -> Problem:
@@ -117,12 +128,13 @@ def build_alignment_data(sft_data_dir: str | Path, out_dir: str | Path, generato
     seen |= {r["question"] for r in read_jsonl(sft_data_dir / "math_eval.jsonl")}
     rng = random.Random(spec.seed)
 
-    arithmetic = unique_problems(small_arithmetic, rng, seen)
-    held = [next(arithmetic) for _ in range(spec.grpo_heldout)]
-    train = [next(arithmetic) for _ in range(spec.grpo_queries)]
-    write_queries([math_query(p, f"grpo-{i:05d}", f"small_arithmetic seed={spec.seed}") for i, p in enumerate(train)],
+    task = unique_problems(largest_of_three, rng, seen)
+    held = [next(task) for _ in range(spec.grpo_heldout)]
+    train = [next(task) for _ in range(spec.grpo_queries)]
+    arithmetic = unique_problems(two_digit_arithmetic, rng, seen)
+    write_queries([math_query(p, f"grpo-{i:05d}", f"largest_of_three seed={spec.seed}") for i, p in enumerate(train)],
                   out_dir / "grpo_queries.jsonl")
-    write_queries([math_query(p, f"grpo-heldout-{i:05d}", f"small_arithmetic seed={spec.seed}")
+    write_queries([math_query(p, f"grpo-heldout-{i:05d}", f"largest_of_three seed={spec.seed}")
                    for i, p in enumerate(held)], out_dir / "grpo_heldout.jsonl")
     write_jsonl(out_dir / "grpo_eval.jsonl", [{"question": p.question, "answer": p.answer} for p in held])
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qwen25.data import sources
-from qwen25.data.synthetic_math import Problem, arithmetic, word_problem
+from qwen25.data.synthetic_math import Problem, arithmetic, larger_number, small_arithmetic, word_problem
 from qwen25.io import atomic_path, read_jsonl
 
 CALCULATOR = {"type": "function", "function": {
@@ -28,8 +28,15 @@ CALCULATOR = {"type": "function", "function": {
 
 
 def math_problem(rng: random.Random) -> tuple[Problem, bool]:
+    """5% "which is larger" questions and 25% two-digit +- one-digit drills (English), 25% arithmetic up to three
+    digits, 45% word problems (a third of them in Chinese)."""
+    r = rng.random()
+    if r < 0.05:
+        return larger_number(rng), False
+    if r < 0.3:
+        return small_arithmetic(rng), False
     zh = rng.random() < 0.35
-    return (arithmetic(rng) if rng.random() < 0.4 else word_problem(rng, zh)), zh
+    return (arithmetic(rng) if r < 0.55 else word_problem(rng, zh)), zh
 
 
 def math_reply(problem: Problem, zh: bool) -> str:

@@ -163,8 +163,8 @@ def alignment_section(counts: dict, scores: dict[str, dict[str, float]], sizes: 
             lines.append(f"| {cat} | {v['pairs']} | {100 * v['accuracy']:.1f}% |")
     lines += ["", "## GRPO", "",
               f"{grpo.steps} optimizer steps ({minutes.get('GRPO', 0):.1f} min) from the DPO model with rule rewards "
-              f"(the math verifier: 1 for a right final answer, else 0) on {counts['grpo_queries']} two-digit "
-              f"additions and subtractions; {r.queries_per_step} queries x {r.group_size} responses per step "
+              f"(the math verifier: 1 for a right final answer, else 0) on {counts['grpo_queries']} questions "
+              f"\"Which is the largest of 47, 82 and 63?\" (SFT taught the two-number question only); {r.queries_per_step} queries x {r.group_size} responses per step "
               f"(temperature {r.temperature:g}, up to {r.max_new_tokens} tokens), {grpo.aggregation} aggregation, "
               f"clip {grpo.clip_low}, beta {grpo.beta} (k3 KL), learning rate {grpo.lr:g}. Queries go in order of the "
               f"variance of {grpo.order.samples} sampled rewards, re-scored every {grpo.order.refresh_every} steps. "
@@ -173,7 +173,7 @@ def alignment_section(counts: dict, scores: dict[str, dict[str, float]], sizes: 
               "## Held-out exact-answer accuracy after each stage", "",
               "Greedy replies, last integer of the reply against the answer; "
               + ", ".join(f"{name}: {n} problems" for name, n in sizes.items())
-              + " (the GRPO task: held-out two-digit additions and subtractions; math: SFT's held-out mix).", "",
+              + " (the GRPO task: held-out largest-of-three questions no stage trained on; math: SFT's held-out mix).", "",
               "| after | " + " | ".join(sizes) + " |", "|---|" + "---|" * len(sizes)]
     for stage, acc in scores.items():
         lines.append(f"| {stage} | " + " | ".join(f"{100 * acc[name]:.1f}%" for name in sizes) + " |")
