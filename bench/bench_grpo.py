@@ -45,7 +45,7 @@ from qwen25.tokenizer import load_tokenizer  # noqa: E402
 from qwen25.training.distributed import DistInfo  # noqa: E402
 from qwen25.training.trainer import TrainConfig, Trainer  # noqa: E402
 
-from bench_sft import cpu_model  # noqa: E402
+from qwen25.hardware import cpu_model  # noqa: E402
 
 
 def save_random_model(preset: str, directory: Path) -> Path:

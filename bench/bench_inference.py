@@ -29,7 +29,8 @@ import torch  # noqa: E402
 
 from qwen25.generation import SamplingParams  # noqa: E402
 from qwen25.inference.engine import Engine  # noqa: E402
-from qwen25.inference.kernels import cpu_model, decision_table, install_kernels, measured_decisions  # noqa: E402
+from qwen25.hardware import cpu_model  # noqa: E402
+from qwen25.inference.kernels import decision_table, install_kernels, measured_decisions  # noqa: E402
 from qwen25.model import build_model, get_preset  # noqa: E402
 from qwen25.model import torch_dtype  # noqa: E402
 

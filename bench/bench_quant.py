@@ -32,7 +32,7 @@ import qwen25
 from qwen25.generation import SamplingParams, generate
 from qwen25.inference.gptq import calibration_windows, input_hessians
 from qwen25.inference.hub import resolve_model_path
-from qwen25.inference.kernels import cpu_model
+from qwen25.hardware import cpu_model
 from qwen25.inference.quant_quality import compare, heldout_windows, predictions
 from qwen25.inference.quantize import QuantizationConfig, quantize_model
 from qwen25.tokenizer import load_tokenizer

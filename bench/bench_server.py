@@ -32,7 +32,7 @@ import httpx2  # noqa: E402
 import openai  # noqa: E402
 import torch  # noqa: E402
 
-from qwen25.inference.kernels import cpu_model  # noqa: E402
+from qwen25.hardware import cpu_model  # noqa: E402
 from qwen25.model import build_model, get_preset  # noqa: E402
 from qwen25.tokenizer import load_tokenizer  # noqa: E402
 

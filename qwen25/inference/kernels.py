@@ -3,8 +3,8 @@
 Decoding multiplies every weight by 1-16 rows, and which PyTorch kernel streams a weight fastest for so few
 rows differs between CPUs: `torch.mv` / `W @ x.T` ("weight-major") beat F.linear's GEMM path on one Intel
 Sapphire Rapids and lose to it on an AMD EPYC (docs/benchmarks.md), where oneDNN's linear on a weight
-reordered into its blocked layout ("onednn", what inductor's CPU prepacking uses) beats both. Whether q/k/v and gate/up run as one
-packed matmul or as separate ones is the same kind of question. So nothing is assumed: at first use the
+reordered into its blocked layout ("onednn", what inductor's CPU prepacking uses) beats both. Whether q/k/v
+and gate/up run as one packed matmul or as separate ones is the same kind of question. So nothing is assumed: at first use the
 engine times every kernel, packed and separate, on this model's own weights in decode order (passes of
 whole layers, so the weights come from memory as they do in a real step, never from a warm cache), for
 each row-count bucket (1, 2, 3-4, 5-8, 9-16), and keeps the fastest. F.linear and packed projections win
