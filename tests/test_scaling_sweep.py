@@ -7,6 +7,7 @@ import multiprocessing
 import shutil
 import socket
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,6 +104,17 @@ def test_run_identity_follows_the_settings_that_change_results(tmp_path):
                      "models.0.overrides.hidden_size=32", "data.mixture.code=0.5", "sweep.tokens=[2048]"):
         changed = [s.id for s in grid(load_scaling_recipe(tmp_path / "a.toml", [override]))]
         assert not set(changed) & set(ids), override
+
+
+def test_finished_runs_keep_their_ids_when_the_data_section_grows_an_optional_field():
+    """The CPU sweep's records (docs/scaling.md) were written before `data.pipeline` existed; a field at its
+    off value must not rename them, and a pipeline that is set must."""
+    root = Path(__file__).resolve().parents[1]
+    recipe = load_scaling_recipe(root / "recipes/scaling-cpu.toml")
+    first = next(s for s in grid(recipe) if (s.model.name, s.tokens, s.lr, s.batch) == ("d6k", 250_000, 0.006, 8))
+    assert first.id == "61f9fd8b7e5e9e57"  # its id in runs/scaling-cpu/results.jsonl
+    piped = load_scaling_recipe(root / "recipes/scaling-cpu.toml", [f"data.pipeline={root / 'recipes/data-tiny.toml'}"])
+    assert not {s.id for s in grid(piped)} & {s.id for s in grid(recipe)}
 
 
 def test_shards_partition_the_grid(tmp_path):

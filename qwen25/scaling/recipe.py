@@ -121,9 +121,13 @@ def model_config(entry: ModelEntry, vocab_size: int, eot: int | None, seq_len: i
 
 
 def _identity(r: ScalingRecipe) -> dict:
-    """The settings shared by every run of the recipe that change results (the data workers do not)."""
+    """The settings shared by every run of the recipe that change results (the data workers do not). A data
+    field at its "off" value is left out, so that adding an optional stage to the data section does not
+    rename every finished run (`pipeline`, empty: the raw corpus)."""
     data = dataclasses.asdict(r.data)
     data.pop("workers")
+    if not data.get("pipeline"):
+        data.pop("pipeline", None)
     t = r.train
     sweep = r.sweep
     return {"seed": r.seed, "data": data, "tokenizer": dataclasses.asdict(r.tokenizer),
