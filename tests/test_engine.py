@@ -206,6 +206,61 @@ def test_score_reuses_the_context_and_equals_a_full_forward(model):
     assert engine.score(context, [greedy])[0].greedy
 
 
+def full_forward_scores(model, context, continuations):
+    """(log-probs, greedy) of each continuation from one plain forward over context + continuation."""
+    out = []
+    with torch.no_grad():
+        for cont in continuations:
+            full = model(torch.tensor([context + cont])).logits[0].float().log_softmax(-1)
+            rows = full[len(context) - 1:-1]
+            out.append((rows.gather(1, torch.tensor(cont)[:, None]).squeeze(1),
+                        bool((rows.argmax(-1) == torch.tensor(cont)).all())))
+    return out
+
+
+def test_score_many_prefills_contexts_together_and_equals_full_forwards(model):
+    requests = [([5, 6, 7, 8, 9, 10], [[11], [12, 13, 14], [15, 16]]),
+                ([20, 21], [[22, 23], [24], [25, 26, 27, 28]]),
+                ([30, 31, 32, 33, 34, 35, 36, 37, 38], [[39], [40]]),  # one-token answers: no continuation forward
+                ([50, 51, 52], [[53, 54, 55, 56, 57, 58]])]
+    engine = Engine(model, prefill_chunk=4)
+    calls, handle = count_prefills(model)
+    try:
+        scores = engine.score_many(requests, max_tokens_per_forward=8, max_context_tokens=40)
+    finally:
+        handle.remove()
+    assert calls[0] == (4, 9)  # the four contexts in one left-padded forward (9 = the longest)
+    assert len(calls) < 1 + sum(len(c) for _, c in requests)  # continuations of several contexts share forwards
+    for (context, continuations), got in zip(requests, scores):
+        assert len(got) == len(continuations)
+        for score, (expected, greedy) in zip(got, full_forward_scores(model, context, continuations)):
+            assert torch.allclose(torch.tensor(score.logprobs), expected, atol=1e-5)
+            assert score.greedy == greedy
+    alone = [engine.score(c, conts) for c, conts in requests]
+    assert [[round(s.total, 4) for s in r] for r in alone] == [[round(s.total, 4) for s in r] for r in scores]
+    small = engine.score_many(requests, max_context_tokens=10)  # a budget of one context per forward
+    assert [[round(s.total, 4) for s in r] for r in small] == [[round(s.total, 4) for s in r] for r in scores]
+    with pytest.raises(ValueError, match="request 1: every continuation needs at least one token"):
+        engine.score_many([([1, 2], [[3]]), ([1, 2], [[3], []])])
+
+
+def test_score_many_takes_one_context_per_forward_for_request_length_dependent_models():
+    from qwen25.longctx import configure
+
+    model = qwen25.load_model("qwen25-tiny", dtype="float32").eval()
+    configure(model, rope="dynamic-yarn", yarn={"original_max_position_embeddings": 4})
+    requests = [([1, 2, 3, 4, 5, 6], [[7, 8], [9]]), ([10, 11], [[12, 13, 14]])]
+    calls, handle = count_prefills(model)
+    try:
+        scores = Engine(model).score_many(requests)
+    finally:
+        handle.remove()
+    assert (2, 6) not in calls and calls[0][0] == 1  # never two contexts in one forward
+    # (the RoPE factor is fixed by the context's length at prefill, so a full forward is not the reference)
+    for (context, continuations), got in zip(requests, scores):
+        assert got == Engine(model).score(context, continuations)
+
+
 def test_cancel_frees_the_rows_at_the_next_step(model):
     engine = Engine(model, max_batch=4)
     keep = engine.submit([1, 2, 3], SamplingParams(max_new_tokens=15))

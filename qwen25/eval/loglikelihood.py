@@ -1,9 +1,10 @@
-"""Log-likelihoods of continuations given a context, through the inference engine's `score`.
+"""Log-likelihoods of continuations given a context, through the inference engine's `score_many`.
 
-The choices of a multiple-choice question share their context: `Engine.score` prefills it once and runs the
-continuations on copies of its cached row, the LM head on continuation positions only. The result is what
-one plain forward over context + continuation gives (tested to float tolerance in fp32): the sum of
-log p(continuation token) and whether every continuation token is the argmax, as lm-eval defines them.
+The choices of a multiple-choice question share their context: `Engine.score_many` prefills it once and runs
+the continuations on copies of its cached row, the LM head on continuation positions only, several questions
+per forward. The result is what one plain forward over context + continuation gives (tested to float tolerance
+in fp32): the sum of log p(continuation token) and whether every continuation token is the argmax, as lm-eval
+defines them.
 This module adds lm-eval's truncation rule and the checks on a request; there is no second scoring path.
 """
 
@@ -13,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from qwen25.inference.engine import ContinuationScore, Engine
+
+LOG_EVERY = 64  # contexts scored between progress lines (and per `score_many` call)
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,10 @@ def score_requests(engine: Engine, requests: Sequence[Request], max_tokens: int 
             raise ValueError(f"request {i}: the context is empty (lm-eval puts a prefix token there)")
         if not r.continuations or any(not c for c in r.continuations):
             raise ValueError(f"request {i}: every continuation needs at least one token")
-    out = []
-    for i, r in enumerate(requests):
-        out.append(engine.score(r.context, r.continuations, max_tokens_per_forward=max_tokens))
-        if log and (i + 1) % 50 == 0:
-            log(f"scored {i + 1}/{len(requests)} contexts")
+    out: list[list[ContinuationScore]] = []
+    for start in range(0, len(requests), LOG_EVERY):
+        block = requests[start:start + LOG_EVERY]
+        out += engine.score_many([(r.context, r.continuations) for r in block], max_tokens_per_forward=max_tokens)
+        if log and len(requests) > LOG_EVERY:
+            log(f"scored {len(out)}/{len(requests)} contexts")
     return out

@@ -488,49 +488,101 @@ class Engine:
 
     # ---- scoring -----------------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def score(self, context: Sequence[int], continuations: Sequence[Sequence[int]],
               max_tokens_per_forward: int = 256) -> list[ContinuationScore]:
-        """log p(continuation | context) of each continuation (lm-eval's `loglikelihood`). The context is
-        prefilled once; each group of continuations then runs on copies of its cached row, so a multiple-choice
-        question costs one context prefill plus the answers."""
-        context = self._encode(context)
-        conts = [[int(t) for t in c] for c in continuations]
-        if any(not c for c in conts):
-            raise ValueError("every continuation needs at least one token")
-        bad = [t for c in conts for t in c if not 0 <= t < self.vocab_size]
-        if bad:
-            raise ValueError(f"continuation has ids outside the vocabulary of {self.vocab_size}: {bad[:5]}")
-        cache = KVCache.for_model(self.model, 1, len(context))
-        cache.prompt_length = len(context)
-        step = self.prefill_chunk or len(context)
-        for start in range(0, len(context), step):
-            ids = torch.tensor([context[start:start + step]], device=self.device)
-            last = self.model(ids, cache=cache, logits_to_keep=1).logits[0, -1].float()
-        results: list[ContinuationScore | None] = [None] * len(conts)
-        group: list[int] = []
-        for i in sorted(range(len(conts)), key=lambda i: len(conts[i])):  # similar lengths share a forward
-            if group and (len(group) + 1) * len(conts[i]) > max_tokens_per_forward:
-                self._score_group(cache, last, conts, group, results)
-                group = []
-            group.append(i)
-        self._score_group(cache, last, conts, group, results)
-        return results
+        """log p(continuation | context) of each continuation (lm-eval's `loglikelihood`): `score_many` with one
+        context."""
+        return self.score_many([(context, continuations)], max_tokens_per_forward)[0]
 
-    def _score_group(self, context: KVCache, last: torch.Tensor, conts: list[list[int]], group: list[int],
-                     results: list[ContinuationScore | None]) -> None:
-        """Score conts[i] for i in group on copies of the context's cached row; `last`: the context's last logits."""
-        width = max(len(conts[i]) for i in group)
-        logits = last.expand(len(group), 1, -1)
+    @torch.inference_mode()
+    def score_many(self, requests: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
+                   max_tokens_per_forward: int = 256, max_context_tokens: int = 2048) -> list[list[ContinuationScore]]:
+        """Scores of every (context, continuations) request, in order. Each context is prefilled once and its
+        continuations run on copies of its cached keys/values, so a multiple-choice question costs its context
+        plus its answers, never the context once per answer. Contexts are prefilled several at a time (sorted
+        by length, left-padded, up to `max_context_tokens` padded tokens per forward) and the continuations of
+        those contexts run together on a cache whose rows keep their own context's length: a forward does the
+        work of many questions, which is what keeps a CPU's matmuls efficient. `max_tokens_per_forward`:
+        continuation tokens per forward (each takes [tokens, vocab] fp32 logits). Models whose attention or
+        RoPE depends on the request's length (`uniform_rows`) take one context per forward."""
+        encoded = []
+        for n, (context, continuations) in enumerate(requests):
+            where = "" if len(requests) == 1 else f"request {n}: "
+            context = self._encode(context)
+            conts = [[int(t) for t in c] for c in continuations]
+            if not conts or any(not c for c in conts):
+                raise ValueError(f"{where}every continuation needs at least one token")
+            bad = [t for c in conts for t in c if not 0 <= t < self.vocab_size]
+            if bad:
+                raise ValueError(f"{where}continuation has ids outside the vocabulary of {self.vocab_size}: "
+                                 f"{bad[:5]}")
+            encoded.append((context, conts))
+        results: list[list[ContinuationScore | None]] = [[None] * len(c) for _, c in encoded]
+        group: list[int] = []
+        for n in sorted(range(len(encoded)), key=lambda n: len(encoded[n][0])):
+            width = len(encoded[n][0])  # the longest so far: contexts come shortest first
+            if group and (self.uniform_rows or (len(group) + 1) * width > max_context_tokens):
+                self._score_contexts(encoded, group, results, max_tokens_per_forward)
+                group = []
+            group.append(n)
+        if group:
+            self._score_contexts(encoded, group, results, max_tokens_per_forward)
+        return results  # type: ignore[return-value]
+
+    def _prefill_contexts(self, contexts: list[list[int]]) -> tuple[KVCache, torch.Tensor, list[int]]:
+        """(cache, last logits [G, vocab] fp32, left padding per row) of the contexts, left-padded in one forward
+        (a lone context in chunks of `prefill_chunk`)."""
+        if len(contexts) == 1:
+            context = contexts[0]
+            cache = KVCache.for_model(self.model, 1, len(context))
+            cache.prompt_length = len(context)
+            step = self.prefill_chunk or len(context)
+            for start in range(0, len(context), step):
+                ids = torch.tensor([context[start:start + step]], device=self.device)
+                last = self.model(ids, cache=cache, logits_to_keep=1).logits[:, -1].float()
+            return cache, last, [0]
+        width = max(len(c) for c in contexts)
+        pads = [width - len(c) for c in contexts]
+        ids = torch.tensor([[0] * pad + c for pad, c in zip(pads, contexts)], device=self.device)
+        mask = torch.tensor([[0] * pad + [1] * len(c) for pad, c in zip(pads, contexts)], device=self.device)
+        cache = KVCache.for_model(self.model, len(contexts), width)
+        cache.prompt_length = width
+        out = self.model(ids, attention_mask=mask if any(pads) else None, cache=cache, logits_to_keep=1)
+        return cache, out.logits[:, -1].float(), pads
+
+    def _score_contexts(self, encoded: list[tuple[list[int], list[list[int]]]], group: list[int],
+                        results: list[list[ContinuationScore | None]], max_tokens: int) -> None:
+        """Prefill the group's contexts together, then score all their continuations, similar lengths sharing
+        a forward."""
+        cache, last, pads = self._prefill_contexts([encoded[n][0] for n in group])
+        rows = sorted(((r, j) for r, n in enumerate(group) for j in range(len(encoded[n][1]))),
+                      key=lambda rj: len(encoded[group[rj[0]]][1][rj[1]]))
+        batch: list[tuple[int, int]] = []
+        for r, j in rows:
+            if batch and (len(batch) + 1) * len(encoded[group[r]][1][j]) > max_tokens:
+                self._score_continuations(encoded, group, cache, last, pads, batch, results)
+                batch = []
+            batch.append((r, j))
+        self._score_continuations(encoded, group, cache, last, pads, batch, results)
+
+    def _score_continuations(self, encoded, group: list[int], context: KVCache, last: torch.Tensor,
+                             pads: list[int], batch: list[tuple[int, int]],
+                             results: list[list[ContinuationScore | None]]) -> None:
+        """Score continuation j of the group's context r for each (r, j) in `batch`, on copies of the contexts'
+        cached rows (each row at its own context's length); `last`: the contexts' last logits."""
+        conts = [encoded[group[r]][1][j] for r, j in batch]
+        width = max(len(c) for c in conts)
+        logits = last[[r for r, _ in batch]][:, None]  # [B, 1, vocab]
         if width > 1:
-            cache = KVCache.for_model(self.model, 0, context.length + width, rows=len(group))
-            cache.append_rows(context, 0, copies=len(group))
+            cache = KVCache.for_model(self.model, 0, context.length + width, rows=len(batch))
+            for r, _ in batch:
+                cache.append_rows(context, r, start=pads[r])
             # right-padded: in a causal model no position sees the padding after it
-            ids = torch.tensor([conts[i][:-1] + [0] * (width - len(conts[i])) for i in group], device=self.device)
+            ids = torch.tensor([c[:-1] + [0] * (width - len(c)) for c in conts], device=self.device)
             logits = torch.cat([logits, self.model(ids, cache=cache).logits.float()], dim=1)
-        lse = torch.logsumexp(logits, dim=-1)  # [G, width]: log-probs without a second [G, width, vocab] tensor
-        for i, lg, norm in zip(group, logits, lse):
-            target = torch.tensor(conts[i], device=self.device)
+        lse = torch.logsumexp(logits, dim=-1)  # [B, width]: log-probs without a second [B, width, vocab] tensor
+        for (r, j), cont, lg, norm in zip(batch, conts, logits, lse):
+            target = torch.tensor(cont, device=self.device)
             picked = lg[: len(target)].gather(1, target[:, None]).squeeze(1) - norm[: len(target)]
             greedy = bool((lg[: len(target)].argmax(-1) == target).all())
-            results[i] = ContinuationScore(picked.tolist(), greedy)
+            results[group[r]][j] = ContinuationScore(picked.tolist(), greedy)
