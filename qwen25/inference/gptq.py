@@ -24,9 +24,13 @@ from qwen25.tokenizer import QwenTokenizer
 DAMPING = 0.01  # added to H's diagonal, as a fraction of its mean: keeps H invertible with few calibration tokens
 BLOCK = 128  # columns updated together, or one int4 group when groups are wider
 CALIBRATION_DOCS = 40  # the documentation topics held-out windows skip (`quant_quality.SKIP_DOCUMENTS`)
+# 16 x 512 = 8,192 tokens: more than the widest layer's inputs (the MLP's 4,864 on the 0.5B model), so H has full
+# rank; with 4 windows GPTQ int8 agreed with bf16 on fewer held-out positions than plain rounding (docs/benchmarks.md)
+CALIBRATION_WINDOWS = 16
 
 
-def calibration_windows(tokenizer: QwenTokenizer, windows: int = 4, length: int = 512) -> torch.Tensor:
+def calibration_windows(tokenizer: QwenTokenizer, windows: int = CALIBRATION_WINDOWS, length: int = 512
+                        ) -> torch.Tensor:
     """[windows, length] token ids: half from the standard library's last source files, half from the first
     documentation topics; both disjoint from `quant_quality.heldout_windows`."""
     rows: list[list[int]] = []
