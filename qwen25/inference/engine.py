@@ -572,17 +572,20 @@ class Engine:
         cached rows (each row at its own context's length); `last`: the contexts' last logits."""
         conts = [encoded[group[r]][1][j] for r, j in batch]
         width = max(len(c) for c in conts)
-        logits = last[[r for r, _ in batch]][:, None]  # [B, 1, vocab]
+        rest = None  # [B, width - 1, vocab] in the model's dtype: the logits after each continuation token
         if width > 1:
             cache = KVCache.for_model(self.model, 0, context.length + width, rows=len(batch))
             for r, _ in batch:
                 cache.append_rows(context, r, start=pads[r])
             # right-padded: in a causal model no position sees the padding after it
             ids = torch.tensor([c[:-1] + [0] * (width - len(c)) for c in conts], device=self.device)
-            logits = torch.cat([logits, self.model(ids, cache=cache).logits.float()], dim=1)
-        lse = torch.logsumexp(logits, dim=-1)  # [B, width]: log-probs without a second [B, width, vocab] tensor
-        for (r, j), cont, lg, norm in zip(batch, conts, logits, lse):
+            rest = self.model(ids, cache=cache).logits
+        for b, ((r, j), cont) in enumerate(zip(batch, conts)):
+            # one continuation's positions at a time, in fp32: a few MB that stay in cache, never the padding
+            lg = last[r:r + 1]
+            if len(cont) > 1:
+                lg = torch.cat([lg, rest[b, :len(cont) - 1].float()])
             target = torch.tensor(cont, device=self.device)
-            picked = lg[: len(target)].gather(1, target[:, None]).squeeze(1) - norm[: len(target)]
-            greedy = bool((lg[: len(target)].argmax(-1) == target).all())
+            picked = lg.gather(1, target[:, None]).squeeze(1) - torch.logsumexp(lg, dim=-1)
+            greedy = bool((lg.argmax(-1) == target).all())
             results[group[r]][j] = ContinuationScore(picked.tolist(), greedy)
