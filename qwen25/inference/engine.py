@@ -341,17 +341,7 @@ class Engine:
     def _prefill_together(self, group: list[_Request], deltas: list[Delta]) -> None:
         """Whole prompts in one forward, left-padded (positions count real tokens, so each row gets what it
         would alone); each then joins from its row of the temporary cache."""
-        width = max(len(r.prompt) for r in group)
-        ids = torch.zeros((len(group), width), dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
-        for row, request in enumerate(group):
-            ids[row, width - len(request.prompt):] = torch.tensor(request.prompt)
-            mask[row, width - len(request.prompt):] = 1
-        cache = KVCache.for_model(self.model, len(group), width)
-        cache.prompt_length = width
-        padded = bool((mask == 0).any())
-        out = self.model(ids.to(self.device), attention_mask=mask.to(self.device) if padded else None,
-                         cache=cache, logits_to_keep=1)
+        cache, out, width = self._prefill_left_padded([r.prompt for r in group])
         self._count_prefill(sum(len(r.prompt) for r in group))
         for row, request in enumerate(group):
             request.prefilled = len(request.prompt)
@@ -541,14 +531,20 @@ class Engine:
                 ids = torch.tensor([context[start:start + step]], device=self.device)
                 last = self.model(ids, cache=cache, logits_to_keep=1).logits[:, -1].float()
             return cache, last, [0]
-        width = max(len(c) for c in contexts)
-        pads = [width - len(c) for c in contexts]
-        ids = torch.tensor([[0] * pad + c for pad, c in zip(pads, contexts)], device=self.device)
-        mask = torch.tensor([[0] * pad + [1] * len(c) for pad, c in zip(pads, contexts)], device=self.device)
-        cache = KVCache.for_model(self.model, len(contexts), width)
+        cache, out, width = self._prefill_left_padded(contexts)
+        return cache, out.logits[:, -1].float(), [width - len(c) for c in contexts]
+
+    def _prefill_left_padded(self, prompts: list[list[int]]):
+        """(cache, model output with the last position's logits, width) of whole prompts in one forward,
+        left-padded to the longest (positions count real tokens, so each row gets what it would alone)."""
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        cache = KVCache.for_model(self.model, len(prompts), width)
         cache.prompt_length = width
-        out = self.model(ids, attention_mask=mask if any(pads) else None, cache=cache, logits_to_keep=1)
-        return cache, out.logits[:, -1].float(), pads
+        padded = any(len(p) != width for p in prompts)
+        out = self.model(ids, attention_mask=mask if padded else None, cache=cache, logits_to_keep=1)
+        return cache, out, width
 
     def _score_contexts(self, encoded: list[tuple[list[int], list[list[int]]]], group: list[int],
                         results: list[list[ContinuationScore | None]], max_tokens: int) -> None:
