@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from qwen25 import cli
+from qwen25.cli import model_verbs
 from qwen25.model import ModelConfig, build_model
 from qwen25.tokenizer import load_tokenizer
 
@@ -450,7 +451,7 @@ def test_an_internal_error_keeps_its_traceback(monkeypatch, capsys):
     def boom(args):
         raise TypeError("a bug")
 
-    monkeypatch.setattr(cli, "cmd_info", boom)
+    monkeypatch.setattr(model_verbs, "cmd_info", boom)
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["info", "qwen2.5-7b"])
     err = capsys.readouterr().err

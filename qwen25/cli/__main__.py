@@ -1,0 +1,5 @@
+"""`python -m qwen25.cli` (torchrun uses it)."""
+
+from qwen25.cli import main
+
+main()
