@@ -1,4 +1,4 @@
-"""Decode kernels chosen by measurement: the kernels agree with F.linear, the choice is measured once, cached
+"""Inference matmul kernels chosen by measurement: the kernels agree with F.linear, the choice is measured once, cached
 per machine and shape, read back, overridable, and the model runs the plan it was given."""
 
 import json
@@ -29,7 +29,7 @@ def model():
     return qwen25.load_model("qwen25-tiny", dtype="float32").eval()
 
 
-@pytest.mark.parametrize("rows", [1, 3, 16])
+@pytest.mark.parametrize("rows", [1, 3, 16, 300])
 def test_weight_major_kernel_equals_f_linear(rows):
     g = torch.Generator().manual_seed(rows)
     x, w, b = torch.randn(rows, 64, generator=g), torch.randn(96, 64, generator=g), torch.randn(96, generator=g)
@@ -46,7 +46,7 @@ def test_onednn_kernel_equals_f_linear_and_follows_weight_updates(dtype):
     w = torch.randn(96, 64, generator=g).to(dtype)
     b = torch.randn(96, generator=g).to(dtype)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
-    for rows in (1, 3, 16):
+    for rows in (1, 3, 16, 300):
         x = torch.randn(1, rows, 64, generator=g).to(dtype)
         for bias in (None, b):
             ours = onednn_linear(x, w, bias)
@@ -69,6 +69,25 @@ def test_onednn_plan_keeps_gradients(fresh):
     assert lin.weight.grad is not None and x.grad is not None
     with torch.inference_mode():
         assert torch.allclose(lin(x.detach()), F.linear(x.detach(), lin.weight, lin.bias), atol=1e-5)
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")
+def test_prefill_bucket_runs_its_kernel_in_inference_mode_only(fresh, monkeypatch):
+    """Inputs past decode size share the prefill bucket: its planned kernel runs in inference mode (the engine),
+    F.linear in training's no-grad evaluation."""
+    lin = layers.Linear(64, 32)
+    set_kernel_plan(KernelPlan(onednn=frozenset({(torch.float32, layers.PREFILL_BUCKET, 32, 64)})))
+    calls = []
+    monkeypatch.setattr(layers, "onednn_linear", lambda *a: calls.append(a[0].shape) or onednn_linear(*a))
+    x = torch.randn(2, 20, 64)
+    with torch.no_grad():
+        expected = lin(x)
+    assert calls == []
+    with torch.inference_mode():
+        assert torch.allclose(lin(x), expected, atol=1e-5)
+        lin(x[:, :8])  # 16 rows: a decode bucket, not planned here
+    assert calls == [(2, 20, 64)]
+    assert [layers.rows_bucket(r) for r in (1, 2, 3, 16, 17, 4096)] == [1, 2, 4, 16, 256, 256]
 
 
 def test_auto_measures_once_and_caches_per_machine_and_shape(fresh, model, monkeypatch):

@@ -100,7 +100,8 @@ def add_model_verbs(sub) -> None:
     p.add_argument("--repetition-penalty", type=positive_float)
     p.add_argument("--seed", type=nonnegative_int)
     p.set_defaults(func=cmd_generate)
-    p = sub.add_parser("kernels", help="decode matmul kernels chosen for a model on this machine (measured once)")
+    p = sub.add_parser("kernels", help="matmul kernels (decode row buckets, prefill) chosen for a model on this "
+                       "machine (measured once)")
     p.add_argument("--model", required=True, help="preset name, HF model directory or fetched model name")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     p.add_argument("--remeasure", action="store_true", help="measure again (on a quiet machine) and cache it")

@@ -1,4 +1,4 @@
-"""The building blocks every decoder layer uses: linear layers with CPU decode kernels chosen by a
+"""The building blocks every decoder layer uses: linear layers with CPU inference kernels chosen by a
 per-machine plan, fused projections, RMSNorm and the SwiGLU MLP. A leaf module: the dense model (`qwen2.py`)
 and the MoE block (`moe.py`) both import it, and it imports neither.
 """
@@ -12,18 +12,22 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-DECODE_ROWS = 16  # matmuls of at most this many rows (decoding) may take a kernel the plan chose by measurement
+DECODE_ROWS = 16  # matmuls of at most this many rows (decoding) are planned per rows bucket
+# Every larger matmul (prefill, log-likelihood scoring) shares one planned bucket, timed at this many rows; it takes
+# the plan's kernel in inference mode only (the engine), never in training or its no-grad evaluation.
+PREFILL_BUCKET = 256
 
 
 def rows_bucket(rows: int) -> int:
-    """Decode row counts as the kernel plan groups them: 1, 2, 3-4, 5-8, 9-16 -> 1, 2, 4, 8, 16."""
-    return 1 << (rows - 1).bit_length()
+    """Row counts as the kernel plan groups them: 1, 2, 3-4, 5-8, 9-16 -> 1, 2, 4, 8, 16; more -> PREFILL_BUCKET."""
+    return 1 << (rows - 1).bit_length() if rows <= DECODE_ROWS else PREFILL_BUCKET
 
 
 @dataclass(frozen=True)
 class KernelPlan:
-    """Which kernel each few-row CPU matmul of decoding runs, chosen per machine by measurement
-    (`qwen25.inference.kernels`: the fastest kernel differs between CPUs, so nothing here assumes one).
+    """Which kernel each CPU inference matmul runs (per rows bucket: decoding's few rows, and one bucket for
+    prefill-sized inputs), chosen per machine by measurement (`qwen25.inference.kernels`: the fastest kernel
+    differs between CPUs, so nothing here assumes one).
 
     weight_major: keys (weight dtype, rows bucket, out_features, in_features) that run `weight_major_linear`
       instead of F.linear.
@@ -66,7 +70,7 @@ def weight_major_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     return y.t().contiguous().view(*x.shape[:-1], -1)  # row-major like F.linear: kernels downstream expect it
 
 
-ONEDNN_ROWS_HINT = 8  # the row count oneDNN blocks a reordered weight for (one layout serves every decode bucket)
+ONEDNN_ROWS_HINT = 8  # the row count oneDNN blocks a reordered weight for (one layout serves every bucket)
 _onednn_weights = WeakIdKeyDictionary()  # weight -> ((address, version), the weight in oneDNN's layout)
 
 
@@ -85,7 +89,8 @@ def _stamp(weight: torch.Tensor) -> tuple[int, int]:
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear through oneDNN with the weight reordered once into oneDNN's blocked layout (what inductor's CPU
     weight prepacking does). On some CPUs this streams a weight for a few rows much faster than F.linear's
-    GEMM path (measured, not assumed: `KernelPlan`). The reordered copy is kept beside the weight (memory: one
+    GEMM path, and runs prefill-sized matmuls faster too, F.linear's bf16 path reordering the weight on every
+    call (measured, not assumed: `KernelPlan`). The reordered copy is kept beside the weight (memory: one
     more copy of the weights that take this kernel) and redone when the weight changes (a new tensor, or an
     in-place update such as an optimizer step between GRPO rollouts). No autograd: callers use it in
     inference only."""
@@ -98,19 +103,21 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return torch.ops.mkldnn._linear_pointwise(x, entry[1], bias, "none", [], "")
 
 
-def _decode_bucket(x: torch.Tensor) -> int | None:
-    """The rows bucket of a CPU decode-sized input, else None."""
+def _plan_bucket(x: torch.Tensor) -> int | None:
+    """The plan's rows bucket for a CPU input: decode-sized, or larger in inference mode; else None."""
     if x.device.type != "cpu" or not x.shape[-1]:
         return None
     rows = x.numel() // x.shape[-1]
-    return rows_bucket(rows) if 0 < rows <= DECODE_ROWS else None
+    if rows > DECODE_ROWS and not torch.is_inference_mode_enabled():
+        return None
+    return rows_bucket(rows) if rows > 0 else None
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, or the kernel the plan measured faster for this few-row shape (weight-major; oneDNN's
+    """F.linear, or the kernel the plan measured faster for this shape and rows bucket (weight-major; oneDNN's
     layout when no gradient is wanted)."""
     if _plan.weight_major or _plan.onednn:
-        bucket = _decode_bucket(x)
+        bucket = _plan_bucket(x)
         if bucket is not None:
             key = (weight.dtype, bucket, *weight.shape)
             if key in _plan.onednn and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)) \
@@ -122,7 +129,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 class Linear(nn.Linear):
-    """nn.Linear whose CPU decode shapes take the kernels the plan chose (`linear`)."""
+    """nn.Linear whose CPU inference shapes take the kernels the plan chose (`linear`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
@@ -199,8 +206,8 @@ class FusedProjection:
         return linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
 
     def plan_key(self, x: torch.Tensor) -> tuple | None:
-        """This projection's key in `KernelPlan.unfused` for input x (None: not a decode shape)."""
-        bucket = _decode_bucket(x)
+        """This projection's key in `KernelPlan.unfused` for input x (None: not a planned shape)."""
+        bucket = _plan_bucket(x)
         w = self.linears[0].weight
         return None if bucket is None else (w.dtype, bucket, tuple(self.sizes), w.shape[1])
 
