@@ -4,6 +4,8 @@
     .venv/bin/python bench/bench_quant.py --lm-heads keep int8 # also with the LM head quantized
     .venv/bin/python bench/bench_quant.py --methods gptq rtn   # also nearest-grid-point codes
     .venv/bin/python bench/bench_quant.py --skip-quality --lm-heads keep int8 --repeats 5   # speed only
+    .venv/bin/python bench/bench_quant.py --schemes int8 int4 --int8-group-size 128 --group-size 32
+                                                    # grouped int8, int4 in groups of 32
 
 GPTQ's calibration (the layers' input Hessians) runs once and serves every GPTQ variant; models are quantized
 in memory (`quantize_model`), which is what `qwen25 quantize` saves (the round trip is exact, tests).
@@ -73,7 +75,9 @@ def decode_rates(models: dict[str, torch.nn.Module], prompt: list[int], new_toke
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="HF directory or fetched model name")
-    ap.add_argument("--group-size", type=int, default=128)
+    ap.add_argument("--group-size", type=int, default=32, help="int4 group size")
+    ap.add_argument("--int8-group-size", type=int, help="grouped int8 (default: per output channel)")
+    ap.add_argument("--schemes", nargs="+", default=["int8", "int4"], choices=["int8", "int4"])
     ap.add_argument("--lm-heads", nargs="+", default=["keep"], choices=["keep", "int8", "int4"],
                     help="LM head variants to run for each scheme (keep: the model's dtype)")
     ap.add_argument("--methods", nargs="+", default=["gptq"], choices=["gptq", "rtn"],
@@ -99,11 +103,14 @@ def main() -> None:
         start = time.perf_counter()
         hessians = input_hessians(models["bf16"], calibration_windows(load_tokenizer(source)))
         print(f"GPTQ calibration (input Hessians of every layer): {time.perf_counter() - start:.1f} s", flush=True)
-    for method, head, scheme in itertools.product(args.methods, args.lm_heads, ("int8", "int4")):
-        name = f"{scheme} {method}" + ("" if head == "keep" else f" +{head} head")
+    for method, head, scheme in itertools.product(args.methods, args.lm_heads, args.schemes):
+        groups = {"int8": args.int8_group_size, "int4": args.group_size}
+        name = (f"{scheme}{f' g{groups[scheme]}' if groups[scheme] else ''} {method}"
+                + ("" if head == "keep" else f" +{head} head"))
         start = time.perf_counter()
+        int8_groups = args.int8_group_size if "int8" in (scheme, head) else None
         config = QuantizationConfig(scheme, args.group_size if "int4" in (scheme, head) else None,
-                                    None if head == "keep" else head, method)
+                                    None if head == "keep" else head, method, int8_groups)
         models[name] = quantize_model(copy.deepcopy(models["bf16"]), config, hessians).eval()
         print(f"{name}: quantized in {time.perf_counter() - start:.1f} s", flush=True)
 

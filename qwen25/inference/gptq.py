@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from qwen25.data.sources import python_docs, python_stdlib
-from qwen25.inference.quant_kernels import check_group_size, int4_codes, int4_params, int8_codes, int8_scales
+from qwen25.inference.quant_kernels import check_group_size, group_codes, group_params, int8_codes, int8_scales
 from qwen25.tokenizer import QwenTokenizer
 
 DAMPING = 0.01  # added to H's diagonal, as a fraction of its mean: keeps H invertible with few calibration tokens
@@ -102,14 +102,17 @@ def _inverse_cholesky(hessian: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: str, group_size: int | None,
                   scale_dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """weight [N, K] -> the portable tensors of `quant_kernels` (int8: qweight, scales; int4: unpacked codes,
-    scales, zeros), chosen by GPTQ against `hessian` [K, K]. int8 scales are each row's largest magnitude as
-    in plain rounding; int4 groups take their range from the weights as updated when GPTQ reaches them."""
+    """weight [N, K] -> the portable tensors of `quant_kernels` (per-row int8: qweight, scales; grouped, i.e.
+    int4 or int8 with a `group_size`: unpacked codes, scales, zeros), chosen by GPTQ against `hessian` [K, K].
+    Per-row int8 scales are each row's largest magnitude as in plain rounding; groups take their range from
+    the weights as updated when GPTQ reaches them."""
     w = weight.detach().float().clone()
     n, k = w.shape
     w[:, hessian.diagonal() == 0] = 0
     u = _inverse_cholesky(hessian).float()
-    if scheme == "int8":
+    per_row = scheme == "int8" and group_size is None
+    bits = 8 if scheme == "int8" else 4
+    if per_row:
         scales = int8_scales(w, scale_dtype)
         codes = torch.empty(n, k, dtype=torch.int8)
     else:
@@ -123,23 +126,23 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: str, grou
         block, errors = w[:, start:end].clone(), torch.empty(n, end - start)
         for i in range(end - start):
             col = start + i
-            if scheme == "int8":
+            if per_row:
                 q = int8_codes(block[:, i:i + 1], scales)
                 codes[:, col:col + 1] = q
                 dq = q.float()[:, 0] * scales.float()
             else:
                 g = col // group_size
                 if col % group_size == 0:
-                    s, z = int4_params(block[:, None, i:i + group_size], scale_dtype)
+                    s, z = group_params(block[:, None, i:i + group_size], scale_dtype, bits)
                     scales[:, g], zeros[:, g] = s[:, 0], z[:, 0]
                 s, z = scales[:, g:g + 1], zeros[:, g:g + 1]
-                q = int4_codes(block[:, None, i:i + 1], s, z)[:, 0, 0]
+                q = group_codes(block[:, None, i:i + 1], s, z, bits)[:, 0, 0]
                 codes[:, col] = q
-                dq = (q.float() - 8) * s[:, 0].float() + z[:, 0].float()
+                dq = (q.float() - 2 ** (bits - 1)) * s[:, 0].float() + z[:, 0].float()
             err = (block[:, i] - dq) / u[col, col]
             block[:, i:] -= err[:, None] * u[col, col:end][None]
             errors[:, i] = err
         w[:, end:] -= errors @ u[start:end, end:]
-    if scheme == "int8":
+    if per_row:
         return {"qweight": codes, "scales": scales}
     return {"codes": codes, "scales": scales, "zeros": zeros}

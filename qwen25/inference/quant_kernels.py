@@ -2,6 +2,11 @@
 
 int8: symmetric, one scale per output row; w = scale * q with q in [-127, 127]. The kernel is
 `torch._weight_int8pack_mm`.
+grouped int8: asymmetric, a scale and a zero per group of input columns, w = scale * (q - 128) + zero with q in
+[0, 255]; finer than one scale per row (the per-row grid is what keeps per-row int8 below 99% top-1
+agreement on Qwen2.5-0.5B, docs/benchmarks.md). PyTorch has no grouped int8 kernel, so it runs as two int4
+matrices: q = 16h + l gives w = [16 scale (h - 8) + zero] + [scale (l - 8) + 8 scale], each exact in the
+scales' dtype, each through the int4 kernel (twice int4's work: about bf16's decode speed on a 2-core EPYC).
 int4: asymmetric, a scale and a zero per group of `group_size` input columns of a row; w = scale * (q - 8) + zero
 with q in [0, 15] (the zero is the value of code 8: the convention of the kernel,
 `torch.ops.aten._weight_int4pack_mm_for_cpu`, whose weights `_convert_weight_to_int4pack_for_cpu` packs into a
@@ -56,45 +61,46 @@ def dequantize_int8(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -
     return (q.float() * scales.float()[:, None]).to(dtype)
 
 
-def int4_params(groups: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """groups [N, G, g] -> (scales, zeros) [N, G] in `dtype`: each group's range [min, max] spread over 16
-    levels, the zero being the value of code 8."""
+def group_params(groups: torch.Tensor, dtype: torch.dtype, bits: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """groups [N, G, g] -> (scales, zeros) [N, G] in `dtype`: each group's range [min, max] spread over
+    2**bits levels, the zero being the value of the middle code (8 for int4, 128 for grouped int8)."""
     w = groups.detach().float()
     lo, hi = w.amin(dim=-1), w.amax(dim=-1)
-    scales = ((hi - lo) / 15).to(dtype)
-    return scales, (lo + 8 * scales.float()).to(dtype)
+    scales = ((hi - lo) / (2**bits - 1)).to(dtype)
+    return scales, (lo + 2 ** (bits - 1) * scales.float()).to(dtype)
 
 
-def int4_codes(groups: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
-    """groups [N, G, g] -> uint8 codes 0..15, rounded against the scales and zeros as stored."""
-    start = zeros.float() - 8 * scales.float()  # the value of code 0
+def group_codes(groups: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int = 4) -> torch.Tensor:
+    """groups [N, G, g] -> uint8 codes 0..2**bits - 1, rounded against the scales and zeros as stored."""
+    start = zeros.float() - 2 ** (bits - 1) * scales.float()  # the value of code 0
     s = scales.float()
     s = torch.where(s > 0, s, torch.ones_like(s))  # a constant group: scale 0, every code gives its value
-    return ((groups.float() - start[..., None]) / s[..., None]).round_().clamp_(0, 15).to(torch.uint8)
+    return ((groups.float() - start[..., None]) / s[..., None]).round_().clamp_(0, 2**bits - 1).to(torch.uint8)
 
 
-def quantize_int4(weight: torch.Tensor, group_size: int,
-                  scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """weight [N, K] -> (codes uint8 [N, K] in 0..15, scales [N, K/g], zeros [N, K/g])."""
+def quantize_groups(weight: torch.Tensor, group_size: int, scale_dtype: torch.dtype,
+                    bits: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """weight [N, K] -> (codes uint8 [N, K] in 0..2**bits - 1, scales [N, K/g], zeros [N, K/g])."""
     n, k = weight.shape
     check_group_size(k, group_size)
     groups = weight.detach().float().reshape(n, k // group_size, group_size)
-    scales, zeros = int4_params(groups, scale_dtype)
-    return int4_codes(groups, scales, zeros).reshape(n, k), scales, zeros
+    scales, zeros = group_params(groups, scale_dtype, bits)
+    return group_codes(groups, scales, zeros, bits).reshape(n, k), scales, zeros
 
 
-def dequantize_int4(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def dequantize_groups(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, dtype: torch.dtype,
+                      bits: int = 4) -> torch.Tensor:
     n, k = codes.shape
     groups = scales.shape[1]
     c = codes.float().reshape(n, groups, k // groups)
-    return ((c - 8) * scales.float()[..., None] + zeros.float()[..., None]).reshape(n, k).to(dtype)
+    return ((c - 2 ** (bits - 1)) * scales.float()[..., None] + zeros.float()[..., None]).reshape(n, k).to(dtype)
 
 
 def check_group_size(in_features: int, group_size: int) -> None:
     if group_size not in INT4_GROUP_SIZES:
-        raise ValueError(f"int4 group size must be one of {INT4_GROUP_SIZES}, got {group_size}")
+        raise ValueError(f"group size must be one of {INT4_GROUP_SIZES}, got {group_size}")
     if in_features % group_size:
-        raise ValueError(f"int4 with group size {group_size} needs in_features divisible by it; a layer has "
+        raise ValueError(f"group size {group_size} needs in_features divisible by it; a layer has "
                          f"{in_features}")
 
 
@@ -188,6 +194,34 @@ def int4_dequantized_t(packed: torch.Tensor, sz: torch.Tensor, dtype: torch.dtyp
     return torch.addcmul(sz[:, None, :, 1], w, sz[:, None, :, 0]).reshape(k, rows)
 
 
+def split_int8_groups(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grouped int8 codes [N, K] (0..255), scales and zeros [N, G] -> the two int4 matrices that add up to it:
+    packed [2, N', K/2] (high nibbles, low nibbles) and their scales and zeros [2, G, N', 2]."""
+    c = codes.to(torch.uint8)
+    s = scales.to(dtype)
+    return (torch.stack([pack_int4(c >> 4), pack_int4(c & 15)]),
+            torch.stack([scales_and_zeros(s * 16, zeros, dtype), scales_and_zeros(s, s * 8, dtype)]))
+
+
+def join_int8_groups(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """The portable codes [n, K] (0..255) back from `split_int8_groups`' packed pair; needs `int4_block()`."""
+    high = unpack_int4_t(packed[0])[:, :n].t().to(torch.int16) + 8
+    low = unpack_int4_t(packed[1])[:, :n].t().to(torch.int16) + 8
+    return (high * 16 + low).to(torch.uint8)
+
+
+def int8_groups_kernel(x: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.Tensor) -> torch.Tensor:
+    """x [M, K] @ W.T for grouped int8 held as `split_int8_groups`' pair: two int4 kernel calls, [M, N']."""
+    return int4_kernel(x, packed[0], group_size, sz[0]) + int4_kernel(x, packed[1], group_size, sz[1])
+
+
+def int8_groups_dequantized_t(packed: torch.Tensor, sz: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The grouped int8 weight as a dense [K, N'] matrix: both halves in fp32, rounded to `dtype` once."""
+    return (int4_dequantized_t(packed[0], sz[0], torch.float32)
+            + int4_dequantized_t(packed[1], sz[1], torch.float32)).to(dtype)
+
+
 # ---- which path for how many rows --------------------------------------------------------------------------------
 
 def _best_seconds(fn, repeats: int = 3) -> float:
@@ -209,14 +243,20 @@ def measure_kernel_rows(scheme: str, out_features: int, in_features: int, group_
     gen = torch.Generator().manual_seed(0)
     n = min(out_features, _MEASURE_MAX_OUT)
     weight = torch.randn(n, in_features, generator=gen) * 0.02
-    if scheme == "int8":
+    if scheme == "int8" and group_size is None:
         q, scales = quantize_int8(weight, dtype)
         kernel = functools.partial(int8_kernel, q=q, scales=scales)
 
         def dense(x):
             return x @ (q.to(dtype) * scales[:, None]).t()
+    elif scheme == "int8":
+        packed, sz = split_int8_groups(*quantize_groups(weight, group_size, dtype, bits=8), dtype)
+        kernel = functools.partial(int8_groups_kernel, packed=packed, group_size=group_size, sz=sz)
+
+        def dense(x):
+            return x @ int8_groups_dequantized_t(packed, sz, dtype)
     else:
-        codes, scales, zeros = quantize_int4(weight, group_size, dtype)
+        codes, scales, zeros = quantize_groups(weight, group_size, dtype)
         packed, sz = pack_int4(codes), scales_and_zeros(scales, zeros, dtype)
         kernel = functools.partial(int4_kernel, packed=packed, group_size=group_size, sz=sz)
 

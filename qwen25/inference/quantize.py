@@ -6,9 +6,13 @@ so quantizing the stacked matrix is the same as quantizing each layer, and one k
 o_proj and down_proj stay single. Embeddings and norms keep the model's dtype, and so does the LM head unless
 `lm_head` says otherwise (see docs/benchmarks.md for what quantizing it buys).
 
+int8 is per output channel (one scale per row: PyTorch's packed int8 kernel, the fastest) unless
+`int8_group_size` asks for groups (a scale and a zero per group of input columns: finer, at about bf16's
+decode speed, see `quant_kernels`).
+
 The directory: config.json with a `quantization_config` block (`quant_method: "qwen25-int8"` or
-`"qwen25-int4"`, bits, group size, LM head), safetensors holding each quantized layer's portable tensors
-(`qweight`, `scales`, int4 `zeros`, `bias`), generation_config.json and the tokenizer files copied.
+`"qwen25-int4"`, bits, group sizes, LM head), safetensors holding each quantized layer's portable tensors
+(`qweight`, `scales`, grouped `zeros`, `bias`), generation_config.json and the tokenizer files copied.
 `load_quantized` (reached through `qwen25.from_pretrained` / `load_model`, so through every `--model`)
 builds the model with quantized layers in place of those linears and packs the weights for this CPU.
 """
@@ -26,19 +30,24 @@ from torch import nn
 from qwen25.inference.gptq import calibration_windows, gptq_quantize, input_hessians
 from qwen25.inference.hub import resolve_model_path
 from qwen25.inference.quant_kernels import (
+    INT4_GROUP_SIZES,
     SCHEMES,
     check_group_size,
-    dequantize_int4,
+    dequantize_groups,
     int4_block,
     int4_dequantized_t,
     int4_kernel,
+    int8_groups_dequantized_t,
+    int8_groups_kernel,
     int8_kernel,
+    join_int8_groups,
     pack_int4,
     pack_nibbles,
     padded_rows,
-    quantize_int4,
+    quantize_groups,
     quantize_int8,
     scales_and_zeros,
+    split_int8_groups,
     unpack_int4_t,
     unpack_nibbles,
 )
@@ -49,23 +58,38 @@ from qwen25.model.checkpoint import load_state_dict, read_generation_config, sav
 from qwen25.tokenizer import load_tokenizer
 
 QUANT_METHODS = {f"qwen25-{scheme}": scheme for scheme in SCHEMES}
-DEFAULT_GROUP_SIZE = 128
+# int4's default: on Qwen2.5-Coder-0.5B GPTQ int4 in groups of 128 raised perplexity 6.9%, in groups of 32 3.5%, at
+# the same decode speed (docs/benchmarks.md)
+DEFAULT_GROUP_SIZE = 32
+# int8's group size where a command chooses for the user (`qwen25 quantize`, `serve --quantize`): GPTQ int8 in
+# groups of 128 agreed with bf16 on 99.46% of held-out positions (fp32 compute) against 98.58% with one scale
+# per channel, at the same decode speed. The API's default (None) stays per channel.
+DEFAULT_INT8_GROUP_SIZE = 128
 METHODS = ("rtn", "gptq")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
                    "added_tokens.json")
 
 
+def default_int8_group_size(cfg: ModelConfig) -> int | None:
+    """The int8 group size a command picks for this model: DEFAULT_INT8_GROUP_SIZE, or the largest smaller
+    kernel size, that divides every quantized layer's input width; None (per channel) if none does."""
+    widths = {cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads * cfg.kv_head_dim}
+    return next((g for g in sorted(INT4_GROUP_SIZES, reverse=True)
+                 if g <= DEFAULT_INT8_GROUP_SIZE and all(w % g == 0 for w in widths)), None)
+
+
 @dataclass(frozen=True)
 class QuantizationConfig:
-    """scheme: "int8" (per output channel, symmetric) or "int4" (groups of `group_size` input columns, with
-    zeros). lm_head: None keeps the LM head in the model's dtype; "int8" or "int4" quantizes it too. method:
-    how codes were chosen, "rtn" (each weight's nearest grid point) or "gptq" (against calibration text); the
-    format is the same."""
+    """scheme: "int8" (per output channel, symmetric; or in groups of `int8_group_size` input columns, with
+    zeros) or "int4" (groups of `group_size` input columns, with zeros). lm_head: None keeps the LM head in the
+    model's dtype; "int8" or "int4" quantizes it too. method: how codes were chosen, "rtn" (each weight's
+    nearest grid point) or "gptq" (against calibration text); the format is the same."""
 
     scheme: str
     group_size: int | None = None
     lm_head: str | None = None
     method: str = "rtn"
+    int8_group_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -78,14 +102,22 @@ class QuantizationConfig:
         if uses_groups and self.group_size is None:
             object.__setattr__(self, "group_size", DEFAULT_GROUP_SIZE)
         if not uses_groups and self.group_size is not None:
-            raise ValueError(f"group_size is for int4; int8 quantizes whole output channels (got {self.group_size})")
+            raise ValueError(f"group_size is for int4; int8 quantizes whole output channels unless "
+                             f"int8_group_size is set (got group_size {self.group_size})")
+        if self.int8_group_size is not None:
+            if self.int8_group_size not in INT4_GROUP_SIZES:  # grouped int8 runs on the int4 kernel
+                raise ValueError(f"int8_group_size must be one of {INT4_GROUP_SIZES}, got {self.int8_group_size}")
+            if "int8" not in (self.scheme, self.lm_head):
+                raise ValueError(f"int8_group_size is for int8 layers; nothing here is int8 (scheme "
+                                 f"{self.scheme!r}, lm_head {self.lm_head!r})")
 
     def group_size_for(self, scheme: str) -> int | None:
-        return self.group_size if scheme == "int4" else None
+        return self.group_size if scheme == "int4" else self.int8_group_size
 
     def to_dict(self) -> dict:
         return {"quant_method": f"qwen25-{self.scheme}", "bits": 8 if self.scheme == "int8" else 4,
-                "group_size": self.group_size, "lm_head": self.lm_head, "method": self.method,
+                "group_size": self.group_size, "int8_group_size": self.int8_group_size,
+                "lm_head": self.lm_head, "method": self.method,
                 "modules": ["self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"]
                 + (["lm_head"] if self.lm_head else [])}
 
@@ -103,17 +135,20 @@ class QuantizationConfig:
             raise ConfigError(f"{source}: field 'quantization_config.bits' is {bits!r}, but {method} has "
                               f"{8 if scheme == 'int8' else 4}")
         try:
-            return cls(scheme, raw.get("group_size"), raw.get("lm_head"), raw.get("method", "rtn"))
+            return cls(scheme, raw.get("group_size"), raw.get("lm_head"), raw.get("method", "rtn"),
+                       raw.get("int8_group_size"))
         except ValueError as e:
             raise ConfigError(f"{source}: field 'quantization_config': {e}") from None
 
 
 class QuantizedLinear(nn.Module):
-    """y = x @ W.T + b with W held as int8 codes per output row or int4 codes per group, for inference.
+    """y = x @ W.T + b with W held as int8 codes per output row, or int4 or int8 codes per group of input
+    columns (`group_size`), for inference.
 
     In memory the weights are in the kernels' form (int8 [N, K] and scales [N]; int4 packed for this CPU and
-    scales/zeros as [groups, N, 2]); the state dict holds the portable form (`qweight`, `scales`, `zeros`,
-    `bias`), so a directory written on one machine loads on another. Up to `packed_rows` rows of input run the
+    scales/zeros as [groups, N, 2]; grouped int8 as two such int4 matrices, [2, ...]); the state dict holds
+    the portable form (`qweight`, `scales`, `zeros`, `bias`), so a directory written on one machine loads on
+    another. Up to `packed_rows` rows of input run the
     packed kernel, more a dequantized matmul: 1 (batch-1 decode, where the kernel reads a half or a quarter of
     the bytes) until the decode kernel choice (`qwen25.inference.kernels.install_kernels`, which every Engine
     runs) sets the crossover measured on this machine.
@@ -126,23 +161,25 @@ class QuantizedLinear(nn.Module):
         super().__init__()
         if scheme not in SCHEMES:
             raise ValueError(f"quantization scheme must be one of {SCHEMES}, got {scheme!r}")
-        if scheme == "int4":
+        if group_size is not None or scheme == "int4":
             check_group_size(in_features, group_size)
         self.in_features, self.out_features = in_features, out_features
-        self.scheme, self.group_size = scheme, group_size if scheme == "int4" else None
+        self.scheme, self.group_size = scheme, group_size
+        self.grouped_int8 = scheme == "int8" and group_size is not None
         # Buffers, so .to(device) and dtype casts reach them; not persistent, because the state dict holds the
         # portable form instead (`_save_to_state_dict`).
-        if scheme == "int8":
+        if scheme == "int8" and group_size is None:
             self.register_buffer("qweight", torch.empty(out_features, in_features, dtype=torch.int8, device=device),
                                  persistent=False)
             self.register_buffer("scales", torch.empty(out_features, dtype=dtype, device=device), persistent=False)
         else:
             rows = padded_rows(out_features)
-            self.register_buffer("qweight", torch.empty(rows, in_features // 2, dtype=torch.uint8, device=device),
-                                 persistent=False)
-            self.register_buffer("scales", torch.empty(in_features // group_size, rows, 2, dtype=dtype,
+            pair = (2,) if self.grouped_int8 else ()
+            self.register_buffer("qweight", torch.empty(*pair, rows, in_features // 2, dtype=torch.uint8,
+                                                        device=device), persistent=False)
+            self.register_buffer("scales", torch.empty(*pair, in_features // group_size, rows, 2, dtype=dtype,
                                                        device=device), persistent=False)
-        # The portable int4 codes, kept only on a CPU whose packed layout cannot be read back (`int4_block`).
+        # The portable grouped codes, kept only on a CPU whose packed layout cannot be read back (`int4_block`).
         self.register_buffer("codes", None, persistent=False)
         self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device) if bias else None,
                              persistent=False)
@@ -157,30 +194,35 @@ class QuantizedLinear(nn.Module):
         layer = cls(in_features, out_features, bias is not None, scheme, group_size, weight.dtype, weight.device)
         if hessian is not None:
             tensors = gptq_quantize(weight, hessian, scheme, group_size, weight.dtype)
-            if scheme == "int4":
-                tensors["qweight"] = pack_nibbles(tensors.pop("codes"))
-        elif scheme == "int8":
+        elif group_size is None:
             qweight, scales = quantize_int8(weight, weight.dtype)
             tensors = {"qweight": qweight, "scales": scales}
         else:
-            codes, scales, zeros = quantize_int4(weight, group_size, weight.dtype)
-            tensors = {"qweight": pack_nibbles(codes), "scales": scales, "zeros": zeros}
+            codes, scales, zeros = quantize_groups(weight, group_size, weight.dtype, bits=layer.bits)
+            tensors = {"codes": codes, "scales": scales, "zeros": zeros}
+        if "codes" in tensors:  # grouped: int4 codes two per byte, int8 codes as they are
+            codes = tensors.pop("codes")
+            tensors["qweight"] = codes if layer.grouped_int8 else pack_nibbles(codes)
         if bias is not None:
             tensors["bias"] = bias.detach()
         layer.load_portable(tensors)
         return layer
+
+    @property
+    def bits(self) -> int:
+        return 8 if self.scheme == "int8" else 4
 
     # ---- the portable form -------------------------------------------------------------------------------------
 
     def portable_shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         n, k = self.out_features, self.in_features
         dtype = self.scales.dtype
-        if self.scheme == "int8":
+        if self.group_size is None:
             shapes = {"qweight": ((n, k), torch.int8), "scales": ((n,), dtype)}
         else:
             groups = k // self.group_size
-            shapes = {"qweight": ((n, k // 2), torch.uint8), "scales": ((n, groups), dtype),
-                      "zeros": ((n, groups), dtype)}
+            shapes = {"qweight": ((n, k if self.grouped_int8 else k // 2), torch.uint8),
+                      "scales": ((n, groups), dtype), "zeros": ((n, groups), dtype)}
         if self.bias is not None:
             shapes["bias"] = ((n,), dtype)
         return shapes
@@ -191,8 +233,12 @@ class QuantizedLinear(nn.Module):
             return {name: torch.empty(shape, dtype=dtype, device="meta")
                     for name, (shape, dtype) in self.portable_shapes().items()}
         n = self.out_features
-        if self.scheme == "int8":
+        if self.group_size is None:
             out = {"qweight": self.qweight, "scales": self.scales}
+        elif self.grouped_int8:  # scales: the low half's; zeros: the high half's (`split_int8_groups`)
+            codes = self.codes if self.codes is not None else join_int8_groups(self.qweight, n)
+            out = {"qweight": codes, "scales": self.scales[1, :, :n, 0].t().contiguous(),
+                   "zeros": self.scales[0, :, :n, 1].t().contiguous()}
         else:
             codes = self.codes if self.codes is not None else pack_nibbles(unpack_int4_t(self.qweight)[:, :n].t() + 8)
             out = {"qweight": codes, "scales": self.scales[:, :n, 0].t().contiguous(),
@@ -210,9 +256,13 @@ class QuantizedLinear(nn.Module):
                 found = "nothing" if got is None else f"{got.dtype} {list(got.shape)}"
                 raise ValueError(f"quantized layer tensor '{name}': expected {dtype} {list(shape)}, got {found}")
         dtype = self.scales.dtype
-        if self.scheme == "int8":
+        if self.group_size is None:
             self.qweight = _aligned(tensors["qweight"])
             self.scales = _aligned(tensors["scales"].to(dtype))
+        elif self.grouped_int8:
+            self.qweight, self.scales = split_int8_groups(tensors["qweight"], tensors["scales"], tensors["zeros"],
+                                                          dtype)
+            self.codes = None if int4_block() is not None else tensors["qweight"].contiguous()
         else:
             codes = unpack_nibbles(tensors["qweight"])
             self.qweight = pack_int4(codes)
@@ -245,11 +295,14 @@ class QuantizedLinear(nn.Module):
         """W.T [K, N] in `dtype` (default: the scales' dtype), computed from the codes."""
         dtype = dtype or self.scales.dtype
         n = self.out_features
-        if self.scheme == "int8":
+        if self.group_size is None:
             return (self.qweight.to(dtype) * self.scales.to(dtype)[:, None]).t()
         if self.codes is not None:
-            scales, zeros = self.scales[:, :n, 0].t(), self.scales[:, :n, 1].t()
-            return dequantize_int4(unpack_nibbles(self.codes), scales, zeros, dtype).t()
+            portable = self.portable()
+            codes = portable["qweight"] if self.grouped_int8 else unpack_nibbles(portable["qweight"])
+            return dequantize_groups(codes, portable["scales"], portable["zeros"], dtype, self.bits).t()
+        if self.grouped_int8:
+            return int8_groups_dequantized_t(self.qweight, self.scales, dtype)[:, :n]
         return int4_dequantized_t(self.qweight, self.scales.to(dtype), dtype)[:, :n]
 
     @property
@@ -263,8 +316,11 @@ class QuantizedLinear(nn.Module):
         flat = x.reshape(-1, self.in_features).to(dtype).contiguous()
         rows, n = flat.shape[0], self.out_features
         if flat.device.type == "cpu" and 0 < rows <= self.packed_rows:
-            if self.scheme == "int8":
+            if self.group_size is None:
                 y = int8_kernel(flat, self.qweight, self.scales)
+            elif self.grouped_int8:
+                y = int8_groups_kernel(flat, self.qweight, self.group_size, self.scales)
+                y = y[:, :n] if y.shape[1] != n else y  # padding rows
             else:
                 y = int4_kernel(flat, self.qweight, self.group_size, self.scales)
                 y = y[:, :n] if y.shape[1] != n else y  # padding rows
@@ -401,14 +457,17 @@ def load_quantized(path: str | Path, dtype: torch.dtype | str | None = None,
 
 
 def quantize_checkpoint(model: str | Path, out: str | Path, scheme: str, group_size: int | None = None,
-                        lm_head: str | None = None, overwrite: bool = False, method: str = "rtn") -> Path:
+                        lm_head: str | None = None, overwrite: bool = False, method: str = "rtn",
+                        int8_group_size: int | None = None) -> Path:
     """`qwen25 quantize`: an HF model directory (or a fetched model's name) -> a quantized directory, written
     whole or not at all. GPTQ calibrates on text encoded with the directory's own tokenizer."""
     source, out = resolve_model_path(model), Path(out)
     if group_size is not None and "int4" not in (scheme, lm_head):
         raise ValueError(f"--group-size {group_size} is for int4 (--scheme int4 or --lm-head int4); int8 quantizes "
-                         "whole output channels")
-    config = QuantizationConfig(scheme, group_size, lm_head, method)
+                         "whole output channels unless --int8-group-size is given")
+    if int8_group_size is not None and "int8" not in (scheme, lm_head):
+        raise ValueError(f"--int8-group-size {int8_group_size} is for int8 layers (--scheme int8 or --lm-head int8)")
+    config = QuantizationConfig(scheme, group_size, lm_head, method, int8_group_size)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ValueError(f"{out}: already exists and is not empty; choose a new directory or replace it with --force")
     if quantization_config(ModelConfig.from_file(source), str(source / "config.json")) is not None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import uvicorn
 
 from qwen25.inference.engine import Engine
-from qwen25.inference.quantize import QuantizationConfig, quantize_model
+from qwen25.inference.quantize import QuantizationConfig, default_int8_group_size, quantize_model
 from qwen25.loading import load_model, resolve_model
 from qwen25.serving.app import create_app
 from qwen25.serving.runner import EngineRunner
@@ -50,7 +50,8 @@ def load_served_model(model: str, tokenizer: str | None = None, dtype: str | Non
         if "quantization_config" in lm.config.extra:
             raise ValueError(f"--model {model} is already quantized; drop --quantize")
         try:
-            quantize_model(lm, QuantizationConfig(quantize, method="rtn"))
+            groups = default_int8_group_size(lm.config) if quantize == "int8" else None
+            quantize_model(lm, QuantizationConfig(quantize, method="rtn", int8_group_size=groups))
         except ValueError as e:  # a layer width the int4 groups do not divide, an MoE model
             raise ValueError(f"--quantize {quantize}: {model}: {e}") from None
     return lm, tok, ref
