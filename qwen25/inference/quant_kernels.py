@@ -6,7 +6,8 @@ grouped int8: asymmetric, a scale and a zero per group of input columns, w = sca
 [0, 255]; finer than one scale per row (the per-row grid is what keeps per-row int8 below 99% top-1
 agreement on Qwen2.5-0.5B, docs/benchmarks.md). PyTorch has no grouped int8 kernel, so it runs as two int4
 matrices: q = 16h + l gives w = [16 scale (h - 8) + zero] + [scale (l - 8) + 8 scale], each exact in the
-scales' dtype, each through the int4 kernel (twice int4's work: about bf16's decode speed on a 2-core EPYC).
+scales' dtype, each through the int4 kernel. Twice int4's work, yet as fast as the int8 kernel on a 2-core
+EPYC, where both kernels are compute-bound (unpacking), not memory-bound.
 int4: asymmetric, a scale and a zero per group of `group_size` input columns of a row; w = scale * (q - 8) + zero
 with q in [0, 15] (the zero is the value of code 8: the convention of the kernel,
 `torch.ops.aten._weight_int4pack_mm_for_cpu`, whose weights `_convert_weight_to_int4pack_for_cpu` packs into a

@@ -6,9 +6,9 @@ so quantizing the stacked matrix is the same as quantizing each layer, and one k
 o_proj and down_proj stay single. Embeddings and norms keep the model's dtype, and so does the LM head unless
 `lm_head` says otherwise (see docs/benchmarks.md for what quantizing it buys).
 
-int8 is per output channel (one scale per row: PyTorch's packed int8 kernel, the fastest) unless
-`int8_group_size` asks for groups (a scale and a zero per group of input columns: finer, at about bf16's
-decode speed, see `quant_kernels`).
+int8 is per output channel (one scale per row: PyTorch's packed int8 kernel) unless `int8_group_size` asks
+for groups (a scale and a zero per group of input columns, run as two int4 matrices, see `quant_kernels`):
+finer, and on a 2-core EPYC as fast to decode, so `qwen25 quantize` and `serve --quantize` pick groups.
 
 The directory: config.json with a `quantization_config` block (`quant_method: "qwen25-int8"` or
 `"qwen25-int4"`, bits, group sizes, LM head), safetensors holding each quantized layer's portable tensors
@@ -463,8 +463,8 @@ def quantize_checkpoint(model: str | Path, out: str | Path, scheme: str, group_s
     whole or not at all. GPTQ calibrates on text encoded with the directory's own tokenizer."""
     source, out = resolve_model_path(model), Path(out)
     if group_size is not None and "int4" not in (scheme, lm_head):
-        raise ValueError(f"--group-size {group_size} is for int4 (--scheme int4 or --lm-head int4); int8 quantizes "
-                         "whole output channels unless --int8-group-size is given")
+        raise ValueError(f"--group-size {group_size} is for int4 (--scheme int4 or --lm-head int4); int8's groups "
+                         "are --int8-group-size")
     if int8_group_size is not None and "int8" not in (scheme, lm_head):
         raise ValueError(f"--int8-group-size {int8_group_size} is for int8 layers (--scheme int8 or --lm-head int8)")
     config = QuantizationConfig(scheme, group_size, lm_head, method, int8_group_size)
