@@ -103,8 +103,8 @@ def main() -> None:
         start = time.perf_counter()
         hessians = input_hessians(models["bf16"], calibration_windows(load_tokenizer(source)))
         print(f"GPTQ calibration (input Hessians of every layer): {time.perf_counter() - start:.1f} s", flush=True)
+    groups = {"int8": args.int8_group_size, "int4": args.group_size}
     for method, head, scheme in itertools.product(args.methods, args.lm_heads, args.schemes):
-        groups = {"int8": args.int8_group_size, "int4": args.group_size}
         name = (f"{scheme}{f' g{groups[scheme]}' if groups[scheme] else ''} {method}"
                 + ("" if head == "keep" else f" +{head} head"))
         start = time.perf_counter()

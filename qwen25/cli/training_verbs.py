@@ -49,17 +49,24 @@ def cmd_grpo_run(args: argparse.Namespace) -> None:
     run_grpo(load_grpo_recipe(args.recipe, args.set), resume=args.resume, fresh=args.fresh)
 
 
+def _add_recipe_run_flags(p, example: str, override: str, resume: str = "continue from the run's latest intact "
+                          "checkpoint", fresh: str = "start over in the run's directory") -> None:
+    """--recipe, --set and --resume/--fresh: what every recipe-driven training verb takes."""
+    p.add_argument("--recipe", required=True, help=f"TOML recipe, e.g. {example}")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a recipe value, e.g. {override}")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help=resume)
+    mode.add_argument("--fresh", action="store_true", help=fresh)
+
+
 def add_training_verbs(sub) -> None:
     """pretrain, pipeline, sft."""
     pre = sub.add_parser("pretrain", help="staged pretraining").add_subparsers(dest="action", required=True)
     p = pre.add_parser("run", help="corpus -> tokenizer -> shards -> stages -> report (torchrun-aware)")
-    p.add_argument("--recipe", required=True, help="TOML recipe, e.g. recipes/tiny.toml")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe value, e.g. --set train.micro_batch=8 --set stages.1.tokens=2e6")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    mode.add_argument("--fresh", action="store_true",
-                      help="start over in the run's directory (its checkpoints and report are deleted; data kept)")
+    _add_recipe_run_flags(p, "recipes/tiny.toml", "--set train.micro_batch=8 --set stages.1.tokens=2e6",
+                          resume="continue from the run's latest checkpoint",
+                          fresh="start over in the run's directory (its checkpoints and report are deleted; data kept)")
     p.set_defaults(func=cmd_pretrain_run)
     p = pre.add_parser("export", help="write an HF model directory from a training checkpoint")
     p.add_argument("--checkpoint", required=True, help="e.g. runs/tiny/checkpoints/step-00000691")
@@ -79,12 +86,7 @@ def add_training_verbs(sub) -> None:
     sft = sub.add_parser("sft", help="supervised fine-tuning on chat conversations").add_subparsers(
         dest="action", required=True)
     p = sft.add_parser("run", help="train the phases of an SFT recipe (torchrun-aware); HF export per phase")
-    p.add_argument("--recipe", required=True, help="TOML recipe, e.g. recipes/sft-tiny.toml")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe value, e.g. --set lr=1e-3 --set phases.0.epochs=1")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true", help="continue from the run's latest intact checkpoint")
-    mode.add_argument("--fresh", action="store_true", help="start over in the run's directory")
+    _add_recipe_run_flags(p, "recipes/sft-tiny.toml", "--set lr=1e-3 --set phases.0.epochs=1")
     p.set_defaults(func=cmd_sft_run)
 
 
@@ -98,10 +100,5 @@ def add_alignment_verbs(sub) -> None:
              "recipes/grpo-tiny.toml", "--set steps=30 --set rollout.steps_per_rollout=2")):
         p = sub.add_parser(verb, help=what).add_subparsers(dest="action", required=True)
         p = p.add_parser(action, help=f"{what} (torchrun-aware); HF export at the end")
-        p.add_argument("--recipe", required=True, help=f"TOML recipe, e.g. {example}")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help=f"override a recipe value, e.g. {override}")
-        mode = p.add_mutually_exclusive_group()
-        mode.add_argument("--resume", action="store_true", help="continue from the run's latest intact checkpoint")
-        mode.add_argument("--fresh", action="store_true", help="start over in the run's directory")
+        _add_recipe_run_flags(p, example, override)
         p.set_defaults(func=func)
